@@ -1,0 +1,287 @@
+/* `fedmm train`: centralized training of the CLIP model on one site's data (full or LoRA), with AdamW,
+ * warm-up + cosine schedule, periodic evaluation, JSON-lines metrics, checkpoints and --resume. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "fedmm/log.h"
+#include "fedmm/metrics.h"
+#include "fedmm/train.h"
+
+static void usage(void)
+{
+    printf("usage: fedmm train --config FILE [--set key=value ...] [--out DIR] [--metrics FILE]\n"
+           "                   [--device auto|cpu|cuda] [--threads N] [--resume]\n"
+           "\n"
+           "Trains the model described by the config's model.* keys on its data.* dataset with the train.*\n"
+           "settings (see docs/config.md). Writes DIR/model.safetensors (adapters merged),\n"
+           "DIR/adapters.safetensors (the trainable vector), DIR/checkpoint.safetensors (for --resume),\n"
+           "DIR/config.yaml and metrics as JSON lines (default DIR/metrics.jsonl).\n");
+}
+
+typedef struct train_settings {
+    fm_train_options opt;
+    int64_t eval_every, eval_size, checkpoint_every, log_every, stop_after;
+    const char *out_dir;
+    const char *metrics_path;
+} train_settings;
+
+static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_settings *t)
+{
+    fm_config *c = run->cfg;
+    fm_train_options o = fm_train_default_options();
+    int64_t v;
+    FM_TRY(fm_config_int(c, "train.steps", o.steps, 1, INT64_C(1) << 40, &o.steps));
+    FM_TRY(fm_config_int(c, "train.batch_size", o.batch_size, 2, 65536, &v));
+    o.batch_size = (int)v;
+    FM_TRY(fm_config_float(c, "train.lr", o.lr, 0.0, 10.0, &o.lr));
+    FM_TRY(fm_config_float(c, "train.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0, &o.min_lr_ratio));
+    FM_TRY(fm_config_int(c, "train.warmup_steps", o.warmup_steps, 0, INT64_C(1) << 40, &o.warmup_steps));
+    FM_TRY(fm_config_float(c, "train.weight_decay", o.weight_decay, 0.0, 10.0, &o.weight_decay));
+    FM_TRY(fm_config_float(c, "train.beta1", o.beta1, 0.0, 0.999999, &o.beta1));
+    FM_TRY(fm_config_float(c, "train.beta2", o.beta2, 0.0, 0.999999, &o.beta2));
+    FM_TRY(fm_config_float(c, "train.eps", o.eps, 1e-12, 1.0, &o.eps));
+    FM_TRY(fm_config_float(c, "train.grad_clip", o.grad_clip, 0.0, 1e6, &o.grad_clip));
+    FM_TRY(fm_config_int(c, "train.seed", (int64_t)run->seed, 0, INT64_MAX, &v));
+    o.seed = (uint64_t)v;
+    t->opt = o;
+    FM_TRY(fm_config_int(c, "train.eval_every", 0, 0, INT64_C(1) << 40, &t->eval_every));
+    FM_TRY(fm_config_int(c, "train.eval_size", 500, 2, INT64_C(1) << 40, &t->eval_size));
+    FM_TRY(fm_config_int(c, "train.checkpoint_every", 0, 0, INT64_C(1) << 40, &t->checkpoint_every));
+    FM_TRY(fm_config_int(c, "train.log_every", 10, 1, INT64_C(1) << 40, &t->log_every));
+    /* Stop (with a checkpoint) after this many steps while the schedule still spans train.steps: for
+     * time-sliced jobs, continued with --resume. 0: run to the end. */
+    FM_TRY(fm_config_int(c, "train.stop_after", 0, 0, INT64_C(1) << 40, &t->stop_after));
+    const char *out, *metrics;
+    FM_TRY(fm_config_str(c, "out", "runs/train", &out));
+    FM_TRY(fm_config_str(c, "metrics", NULL, &metrics));
+    t->out_dir = args->out_dir ? args->out_dir : out;
+    t->metrics_path = args->metrics_path ? args->metrics_path : metrics;
+    if (t->eval_size > run->synth.split_size[FM_SPLIT_TEST])
+        return fm_error(FM_ERR_CONFIG, "train.eval_size %lld exceeds data.test_size %lld", (long long)t->eval_size,
+                        (long long)run->synth.split_size[FM_SPLIT_TEST]);
+    return FM_OK;
+}
+
+static fm_status log_eval(fm_metrics_log *log, int64_t step, const fm_eval_result *r, double wall)
+{
+    const char *keys[] = {"step",   "eval_loss", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1",
+                          "t2i_r5", "t2i_r10",   "zs_acc", "wall_s", "pairs"};
+    double vals[] = {(double)step,
+                     r->loss,
+                     r->retrieval.i2t_r1,
+                     r->retrieval.i2t_r5,
+                     r->retrieval.i2t_r10,
+                     r->retrieval.t2i_r1,
+                     r->retrieval.t2i_r5,
+                     r->retrieval.t2i_r10,
+                     r->zs_acc,
+                     wall,
+                     (double)r->pairs};
+    return fm_metrics_write(log, keys, vals, sizeof vals / sizeof vals[0]);
+}
+
+static fm_status save_final(fm_clip *model, const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapters.safetensors", dir);
+    FM_TRY(fm_clip_save_adapters(model, path));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int lora = fm_clip_get_config(model)->lora_rank > 0 && !fm_clip_get_config(model)->full_finetune;
+    if (lora)
+        FM_TRY(fm_clip_merge_lora(model));
+    fm_status s = fm_clip_save(model, path);
+    if (lora) {
+        fm_status u = fm_clip_unmerge_lora(model);
+        if (s == FM_OK)
+            s = u;
+    }
+    return s;
+}
+
+int fm_cli_train(int argc, char **argv)
+{
+    fm_cli_args args;
+    int rc = fm_cli_parse(argc, argv, "config set out metrics device threads resume", &args);
+    if (rc)
+        return rc;
+    if (args.help) {
+        usage();
+        return 0;
+    }
+    if (!args.config_path && args.n_sets == 0) {
+        fprintf(stderr, "fedmm train: --config FILE is required (try experiments/train-tiny.yaml)\n");
+        return 2;
+    }
+    fm_cli_run run;
+    rc = fm_cli_setup(&args, &run);
+    if (rc) {
+        fm_cli_teardown(&run);
+        return rc;
+    }
+    train_settings ts;
+    fm_status s = read_train(&run, &args, &ts);
+    if (s == FM_OK)
+        s = fm_config_check_unused(run.cfg); /* a typo in a key stops the run before it starts */
+    if (s != FM_OK) {
+        rc = fm_cli_fail("train", "config", s);
+        fm_cli_teardown(&run);
+        return rc;
+    }
+
+    fm_clip *model = NULL;
+    fm_optimizer *opt = NULL;
+    fm_dataset *train = NULL, *test = NULL;
+    fm_sampler sampler = {0};
+    fm_batch batch = {0};
+    fm_metrics_log log = {0};
+    char path[4096], ckpt[4096];
+    const char *what = "set-up";
+    const fm_train_options *o = &ts.opt;
+    double t0 = fm_now_seconds();
+
+    s = fm_cli_mkdirs(ts.out_dir);
+    if (s == FM_OK)
+        s = fm_clip_create(&model, &run.model, run.device, run.seed);
+    if (s == FM_OK)
+        s = fm_optimizer_create(&opt, model);
+    if (s == FM_OK)
+        s = fm_dataset_synth(&train, &run.synth, FM_SPLIT_TRAIN, run.tok, run.model.context_length);
+    if (s == FM_OK)
+        s = fm_dataset_synth(&test, &run.synth, FM_SPLIT_TEST, run.tok, run.model.context_length);
+    if (s == FM_OK)
+        s = fm_sampler_init(&sampler, NULL, fm_dataset_size(train), o->seed);
+    if (s == FM_OK)
+        s = fm_batch_alloc(&batch, o->batch_size, run.model.image_size, run.model.context_length);
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", ts.out_dir);
+    struct stat st;
+    if (s == FM_OK && args.resume && stat(ckpt, &st) == 0) {
+        what = "resume";
+        s = fm_checkpoint_load(model, opt, ckpt);
+        /* The data order is a function of the seed: replay the draws of the finished steps. */
+        for (int64_t i = 0; s == FM_OK && i < fm_optimizer_step_count(opt); i++)
+            fm_sampler_next(&sampler, batch.idx, o->batch_size);
+        if (s == FM_OK)
+            FM_INFO("resuming from %s at step %lld", ckpt, (long long)fm_optimizer_step_count(opt));
+    } else if (s == FM_OK && args.resume) {
+        FM_INFO("--resume: no checkpoint at %s, starting from step 0", ckpt);
+    }
+    if (s == FM_OK) {
+        what = "metrics";
+        if (!ts.metrics_path) {
+            snprintf(path, sizeof path, "%s/metrics.jsonl", ts.out_dir);
+            ts.metrics_path = path;
+        }
+        s = fm_metrics_open(&log, ts.metrics_path, args.resume && fm_optimizer_step_count(opt) > 0);
+    }
+    if (s == FM_OK) {
+        char cfgpath[4096];
+        snprintf(cfgpath, sizeof cfgpath, "%s/config.yaml", ts.out_dir);
+        s = fm_config_dump(run.cfg, cfgpath);
+    }
+    if (s != FM_OK) {
+        rc = fm_cli_fail("train", what, s);
+        goto done;
+    }
+    FM_INFO("train: %s, %zu trainable parameters%s, %lld steps of batch %d on %s, out %s", run.model.name,
+            fm_clip_num_trainable(model),
+            run.model.full_finetune ? " (full fine-tuning)"
+            : run.model.lora_rank   ? " (LoRA)"
+                                    : "",
+            (long long)o->steps, o->batch_size, fm_device_name(run.device), ts.out_dir);
+
+    fm_progress bar;
+    int64_t step = fm_optimizer_step_count(opt);
+    fm_progress_begin(&bar, stderr, "train", o->steps);
+    double loss_sum = 0.0;
+    int loss_n = 0;
+    fm_eval_result ev = {0};
+    int have_eval = 0;
+    int stopped = 0;
+    while (step < o->steps) {
+        if (ts.stop_after && step >= ts.stop_after) {
+            stopped = 1;
+            break;
+        }
+        what = "train step";
+        fm_sampler_next(&sampler, batch.idx, o->batch_size);
+        s = fm_dataset_batch(train, batch.idx, o->batch_size, batch.images, batch.tokens, batch.eot, batch.labels);
+        float loss = 0.0f, gnorm = 0.0f;
+        double lr = fm_lr_at(o, step);
+        if (s == FM_OK)
+            s = fm_train_step(model, opt, o, &batch, o->batch_size, lr, &loss, &gnorm);
+        if (s != FM_OK)
+            break;
+        step++;
+        loss_sum += loss;
+        loss_n++;
+        if (step % ts.log_every == 0 || step == o->steps) {
+            const char *keys[] = {"step", "loss", "lr", "grad_norm", "wall_s"};
+            double vals[] = {(double)step, loss_sum / loss_n, lr, gnorm, fm_now_seconds() - t0};
+            s = fm_metrics_write(&log, keys, vals, 5);
+            loss_sum = 0.0;
+            loss_n = 0;
+        }
+        if (s == FM_OK && ((ts.eval_every && step % ts.eval_every == 0) || step == o->steps)) {
+            what = "evaluate";
+            s = fm_evaluate(model, test, ts.eval_size, &ev);
+            if (s == FM_OK)
+                s = log_eval(&log, step, &ev, fm_now_seconds() - t0);
+            have_eval = 1;
+        }
+        if (s == FM_OK &&
+            ((ts.checkpoint_every && step % ts.checkpoint_every == 0) || step == o->steps || step == ts.stop_after)) {
+            what = "checkpoint";
+            s = fm_checkpoint_save(model, opt, ckpt);
+        }
+        if (s != FM_OK)
+            break;
+        if (have_eval)
+            fm_progress_update(&bar, step, "loss %.4f | i2t R@1 %.3f t2i R@1 %.3f", (double)loss, ev.retrieval.i2t_r1,
+                               ev.retrieval.t2i_r1);
+        else
+            fm_progress_update(&bar, step, "loss %.4f", (double)loss);
+    }
+    fm_progress_end(&bar);
+    if (s == FM_OK && stopped) {
+        printf("train stopped at step %lld of %lld (train.stop_after); continue with --resume\n", (long long)step,
+               (long long)o->steps);
+        rc = 0;
+        goto done;
+    }
+    if (s == FM_OK) {
+        what = "save";
+        s = save_final(model, ts.out_dir);
+    }
+    if (s != FM_OK) {
+        rc = fm_cli_fail("train", what, s);
+        goto done;
+    }
+    if (!have_eval) { /* resumed a finished run: report its metrics again */
+        s = fm_evaluate(model, test, ts.eval_size, &ev);
+        if (s != FM_OK) {
+            rc = fm_cli_fail("train", "evaluate", s);
+            goto done;
+        }
+    }
+    printf("train done: %lld steps in %.1f s | test (%lld pairs) i2t R@1 %.3f R@5 %.3f R@10 %.3f | t2i R@1 %.3f "
+           "R@5 %.3f R@10 %.3f | zero-shot acc %.3f\n",
+           (long long)step, fm_now_seconds() - t0, (long long)ev.pairs, ev.retrieval.i2t_r1, ev.retrieval.i2t_r5,
+           ev.retrieval.i2t_r10, ev.retrieval.t2i_r1, ev.retrieval.t2i_r5, ev.retrieval.t2i_r10, ev.zs_acc);
+    printf("wrote %s/model.safetensors, %s/adapters.safetensors, metrics %s\n", ts.out_dir, ts.out_dir,
+           ts.metrics_path);
+    rc = 0;
+done:
+    fm_metrics_close(&log);
+    fm_batch_free(&batch);
+    fm_sampler_free(&sampler);
+    fm_dataset_destroy(train);
+    fm_dataset_destroy(test);
+    fm_optimizer_destroy(opt);
+    fm_clip_destroy(model);
+    fm_cli_teardown(&run);
+    return rc;
+}

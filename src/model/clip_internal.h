@@ -1,0 +1,156 @@
+/* Internal structures of the CLIP model, shared by src/model/clip*.c only: the parameter views, the size
+ * table that carves them from the frozen / trainable / gradient buffers, and the activation views carved
+ * from the arena. */
+#ifndef FEDMM_MODEL_CLIP_INTERNAL_H
+#define FEDMM_MODEL_CLIP_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fedmm/arena.h"
+#include "fedmm/clip.h"
+
+/* A parameter: its value and, when it trains, its gradient (g.data == NULL when frozen). */
+typedef struct clip_p {
+    fm_tensor v;
+    fm_tensor g;
+} clip_p;
+
+/* The gradient to hand to a backward op: NULL for a frozen parameter, which the op then skips. The model
+ * itself is never const, so casting away the const of a read-only path to it is sound. */
+static inline fm_tensor *clip_grad(const clip_p *p) { return p->g.data ? (fm_tensor *)&p->g : NULL; }
+#define CLIP_GRAD(p) clip_grad(&(p))
+
+/* A linear layer y = x·Wᵀ + b, optionally adapted: + (alpha/r)·(x·Aᵀ)·Bᵀ. */
+typedef struct clip_linear {
+    clip_p w; /* (out, in) */
+    clip_p b; /* (out), when has_bias */
+    clip_p A; /* (r, in), when lora */
+    clip_p B; /* (out, r), when lora */
+    int has_bias;
+    int lora;
+    int in, out;
+} clip_linear;
+
+typedef struct clip_layer {
+    clip_p ln1_w, ln1_b, ln2_w, ln2_b;
+    clip_linear q, k, v, o, fc1, fc2;
+} clip_layer;
+
+/* What an adapted linear keeps for backward: t = x·Aᵀ and ts = scaling·t (B, T, r). */
+typedef struct clip_lora_acts {
+    fm_tensor t, ts;
+} clip_lora_acts;
+
+typedef struct clip_layer_acts {
+    fm_tensor ln1, ln1_mean, ln1_rstd; /* (B, T, W), (B, T) ×2 */
+    fm_tensor q, k, v, a;              /* (B, T, W); a = attention output, input of out_proj */
+    fm_tensor att;                     /* (B, NH, T, T) */
+    fm_tensor xmid;                    /* (B, T, W) residual stream after attention */
+    fm_tensor ln2, ln2_mean, ln2_rstd;
+    fm_tensor h, g; /* (B, T, M) fc1 output and its activation */
+    clip_lora_acts lq, lk, lv, lo, lfc1, lfc2;
+} clip_layer_acts;
+
+typedef struct clip_tower_acts {
+    fm_tensor input;                    /* images (B, 3, H, W) f32, or tokens (B, T) i32 */
+    fm_tensor cols;                     /* vision: (B·NP, 3·P·P) unfolded patches */
+    fm_tensor patches;                  /* vision: (B, NP, W) */
+    fm_tensor emb;                      /* vision: (B, T, W) embeddings before pre_layrnorm */
+    fm_tensor pre_mean, pre_rstd;       /* vision: (B, T) */
+    fm_tensor *res;                     /* L+1 residual streams (B, T, W); res[0] is the encoder input */
+    clip_layer_acts *layers;            /* L */
+    fm_tensor pooled, pooled_ln;        /* (B, W) */
+    fm_tensor pooled_mean, pooled_rstd; /* (B) */
+    fm_tensor proj;                     /* (B, E) */
+    fm_tensor normed, norm;             /* (B, E), (B) */
+} clip_tower_acts;
+
+typedef struct clip_tower {
+    fm_clip_tower id;
+    const char *prefix; /* "vision_model" / "text_model" */
+    int L, W, NH, M, T; /* layers, width, heads, mlp, sequence length */
+    int causal;
+    clip_layer *layers;
+    clip_p patch_w, class_emb, pre_ln_w, pre_ln_b; /* vision */
+    clip_p tok_emb;                                /* text */
+    clip_p pos_emb;
+    clip_p final_ln_w, final_ln_b; /* post_layernorm / final_layer_norm */
+    clip_linear proj;              /* visual_projection / text_projection, no bias */
+    int emb_trains;                /* the embeddings (and everything above) train: full fine-tune */
+    int lowest_trainable;          /* lowest layer with a trainable tensor, L when none */
+    int needs_grad;                /* backward reaches into this tower at all */
+    clip_tower_acts acts;
+} clip_tower;
+
+enum { CLIP_INIT_NORMAL, CLIP_INIT_UNIFORM, CLIP_INIT_ZERO, CLIP_INIT_ONE, CLIP_INIT_CONST };
+
+/* One row of the size table. */
+typedef struct clip_entry {
+    char name[128];       /* HF name; for adapters "<module>.lora_A.weight" without the PEFT prefix */
+    char slice_name[160]; /* name in the trainable vector (PEFT's under LoRA) */
+    int ndim;
+    int64_t shape[4];
+    size_t numel;
+    int trainable;
+    int adapter;
+    size_t offset; /* in floats, in the frozen or the trainable buffer */
+    int layer;
+    fm_clip_tower tower;
+    int init;
+    float init_arg; /* std (normal), bound (uniform) or value (const) */
+    clip_p *p;
+} clip_entry;
+
+struct fm_clip {
+    fm_clip_config cfg;
+    fm_device device;
+    uint64_t seed;
+    clip_tower vision, text;
+    clip_p logit_scale;
+    float lora_scaling; /* alpha / r */
+    int merged;
+
+    clip_entry *entries;
+    size_t n_entries, cap_entries;
+    fm_clip_slice *slices;
+    size_t n_slices;
+
+    float *frozen; /* device buffers */
+    size_t n_frozen;
+    float *trainable, *grad;
+    size_t n_trainable;
+
+    fm_arena arena; /* activations for up to cap_B samples */
+    int cap_B;      /* batch the arena was sized for (0: none yet) */
+    int acts_B;     /* batch the current views are carved for */
+    int32_t *eot;   /* host copy of the pooled text positions, cap_B */
+
+    /* head */
+    fm_tensor scale, loss;          /* 0-dim: the clamped log-scale in use, the loss */
+    fm_tensor probs_i2t, probs_t2i; /* (B, B) */
+    fm_tensor dimg, dtxt;           /* (B, E) gradients wrt the normalised embeddings */
+    fm_tensor lora_S;               /* (r, r) = scaling · I */
+    /* scratch shared by the towers, reshaped per use (flat, sized for the larger tower) */
+    fm_tensor tmp, tmp_u, dres, dln, dq, dk, dv, da, dh, dg, dt, dts, dpool, dpool_ln, dproj;
+    int loss_clamped; /* the last forward used ln(100) instead of logit_scale */
+    int fwd_towers;   /* towers (FM_CLIP_TOWER_* bits) whose activations fm_clip_forward kept;
+                         0 after any other pass */
+};
+
+/* --- clip.c --- */
+/* Makes sure the arena holds activations for B samples and carves the views for exactly B. */
+fm_status clip_ensure_acts(fm_clip *m, int B);
+/* A contiguous f32 view of `ndim`/`shape` at the start of the flat scratch `buf`. */
+fm_status clip_view(fm_tensor *out, const fm_tensor *buf, int ndim, const int64_t *shape);
+/* A contiguous f32 view of `ndim`/`shape` starting `offset` elements into `t`. */
+fm_status clip_sub(fm_tensor *out, const fm_tensor *t, size_t offset, int ndim, const int64_t *shape);
+fm_status clip_zero(fm_tensor *t);
+/* Samples per chunk for the encode functions. */
+int clip_encode_chunk(fm_clip *m, int B);
+
+/* --- clip_forward.c --- */
+fm_status clip_tower_forward(fm_clip *m, clip_tower *tw, int B);
+fm_status clip_tower_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor *dnormed);
+
+#endif

@@ -1,0 +1,48 @@
+/* Shared helpers for fedmm's tests (cmocka): fresh random inputs, float64 comparisons and central
+ * finite differences. Tests compare float32 ops against float64 references written in the test. */
+#ifndef FEDMM_TESTUTIL_H
+#define FEDMM_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka needs the three headers above first. */
+#include <cmocka.h>
+
+#include "fedmm/rng.h"
+
+/* Exit code that ctest reports as "skipped" (SKIP_RETURN_CODE). */
+#define FM_TEST_SKIP 77
+
+/* A per-test seed: FEDMM_TEST_SEED from the environment, else a fixed default; printed so a failure can
+ * be reproduced. */
+uint64_t fm_test_seed(void);
+
+/* Fills n floats uniform in [lo, hi) from rng. */
+void fm_test_fill(fm_rng *rng, float *x, size_t n, float lo, float hi);
+/* Same, into doubles; and float→double / double→float copies. */
+void fm_test_fill_d(fm_rng *rng, double *x, size_t n, double lo, double hi);
+void fm_test_to_double(double *dst, const float *src, size_t n);
+void fm_test_to_float(float *dst, const double *src, size_t n);
+
+/* Calloc that fails the test on OOM. Free with free(). */
+void *fm_test_alloc(size_t bytes);
+
+/* Asserts |got - want| <= atol + rtol·|want| elementwise; on failure prints the worst element and fails
+ * the current cmocka test. Returns the max relative error seen (for logging). */
+double fm_test_assert_close(const char *what, const float *got, const double *want, size_t n, double rtol, double atol);
+/* Same with both sides float64. */
+double fm_test_assert_close_d(const char *what, const double *got, const double *want, size_t n, double rtol,
+                              double atol);
+
+/* Central finite differences in float64: grad[i] = (f(x + h e_i) − f(x − h e_i)) / 2h for the n
+ * entries of x (modified and restored in place). f receives ctx. */
+typedef double (*fm_test_scalar_fn)(void *ctx);
+void fm_test_finite_diff(fm_test_scalar_fn f, void *ctx, double *x, size_t n, double h, double *grad);
+
+/* Σ w_i·y_i in float64: the scalar objective whose gradient wrt y is w (a random projection of an
+ * op's output, so that backward is tested with a non-trivial upstream gradient). */
+double fm_test_dot(const double *w, const double *y, size_t n);
+
+#endif
