@@ -28,11 +28,15 @@ fm_status fm_layernorm_backward(fm_tensor *dinp, fm_tensor *dweight, fm_tensor *
                                 const fm_tensor *inp, const fm_tensor *weight, const fm_tensor *mean,
                                 const fm_tensor *rstd);
 
-/* q, k, v, out (B, T, C); att (B, NH, T, T); lengths (B) i32 or NULL. */
-fm_status fm_attention_forward(fm_tensor *out, fm_tensor *att, const fm_tensor *q, const fm_tensor *k,
+/* Multi-head self-attention core. q, k, v, out (B, T, C); lse (B, NH, T) f32, the log-sum-exp of each
+ * query row's scaled scores, saved for backward (−inf for a row whose keys are all masked; it outputs
+ * zeros); lengths (B) i32 in [0, T] or NULL. No B×NH×T×T probabilities are stored: backward recomputes
+ * them from q, k and lse, so it takes forward's out, lse, lengths and causal. */
+fm_status fm_attention_forward(fm_tensor *out, fm_tensor *lse, const fm_tensor *q, const fm_tensor *k,
                                const fm_tensor *v, const fm_tensor *lengths, int causal, int num_heads);
 fm_status fm_attention_backward(fm_tensor *dq, fm_tensor *dk, fm_tensor *dv, const fm_tensor *dout, const fm_tensor *q,
-                                const fm_tensor *k, const fm_tensor *v, const fm_tensor *att, int num_heads);
+                                const fm_tensor *k, const fm_tensor *v, const fm_tensor *out, const fm_tensor *lse,
+                                const fm_tensor *lengths, int causal, int num_heads);
 
 /* Elementwise activations; out / dinp have inp's shape. */
 fm_status fm_gelu_forward(fm_tensor *out, const fm_tensor *inp);

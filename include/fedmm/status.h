@@ -39,6 +39,12 @@ fm_status fm_error(fm_status status, const char *fmt, ...)
 #endif
     ;
 
+#if defined(__clang_analyzer__)
+/* Lets clang's static analyzer see that fm_error returns its first argument, so it does not explore
+ * "success" paths behind `return fm_error(FM_ERR_x, ...)`. */
+#define fm_error(status, ...) (fm_error((status), __VA_ARGS__), (status))
+#endif
+
 /* The message of the most recent fm_error() on this thread ("" if none). Owned by the library; valid
  * until the next fm_error() call on the same thread. */
 const char *fm_last_error(void);

@@ -77,6 +77,11 @@ typedef struct fm_batch {
 fm_status fm_batch_alloc(fm_batch *b, int capacity, int image_size, int context_len);
 void fm_batch_free(fm_batch *b);
 
+/* Clips the model's accumulated gradient (o->grad_clip; a non-finite norm is FM_ERR_NOT_FINITE and changes
+ * nothing) and applies one AdamW step with learning rate lr, weight decay on the slices that take it. */
+fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr,
+                             float *grad_norm);
+
 /* One optimizer step: zero grads, forward + backward on `batch` (B samples), clip, AdamW with `lr`.
  * A non-finite loss or gradient norm leaves the parameters untouched and returns FM_ERR_NOT_FINITE. */
 fm_status fm_train_step(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, const fm_batch *batch, int B,

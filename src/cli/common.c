@@ -172,6 +172,19 @@ static fm_status read_data(fm_cli_run *run)
     return fm_synth_validate(&run->synth);
 }
 
+fm_status fm_cli_read_optimizer(fm_config *c, fm_train_options *o)
+{
+    int64_t v;
+    FM_TRY(fm_config_int(c, "train.batch_size", o->batch_size, 2, 65536, &v));
+    o->batch_size = (int)v;
+    FM_TRY(fm_config_float(c, "train.lr", o->lr, 0.0, 10.0, &o->lr));
+    FM_TRY(fm_config_float(c, "train.weight_decay", o->weight_decay, 0.0, 10.0, &o->weight_decay));
+    FM_TRY(fm_config_float(c, "train.beta1", o->beta1, 0.0, 0.999999, &o->beta1));
+    FM_TRY(fm_config_float(c, "train.beta2", o->beta2, 0.0, 0.999999, &o->beta2));
+    FM_TRY(fm_config_float(c, "train.eps", o->eps, 1e-12, 1.0, &o->eps));
+    return fm_config_float(c, "train.grad_clip", o->grad_clip, 0.0, 1e6, &o->grad_clip);
+}
+
 int fm_cli_setup(const fm_cli_args *args, fm_cli_run *run)
 {
     memset(run, 0, sizeof *run);

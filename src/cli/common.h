@@ -8,6 +8,7 @@
 #include "fedmm/dataset.h"
 #include "fedmm/synth.h"
 #include "fedmm/tokenizer.h"
+#include "fedmm/train.h"
 
 #define FM_CLI_MAX_SETS 64
 
@@ -48,6 +49,10 @@ void fm_cli_teardown(fm_cli_run *run);
 /* Prints "fedmm <cmd>: <what>: <fm_last_error()>" to stderr and returns the exit code for status s
  * (2 for bad input: config, parse, shape, range, I/O on inputs; 1 otherwise). */
 int fm_cli_fail(const char *cmd, const char *what, fm_status s);
+
+/* Reads the optimizer keys shared by `train` and each site of `sim` (train.batch_size, lr, weight_decay,
+ * beta1, beta2, eps, grad_clip) over the values already in *o. */
+fm_status fm_cli_read_optimizer(fm_config *c, fm_train_options *o);
 
 /* mkdir -p. */
 fm_status fm_cli_mkdirs(const char *path);

@@ -35,16 +35,9 @@ static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_sett
     fm_train_options o = fm_train_default_options();
     int64_t v;
     FM_TRY(fm_config_int(c, "train.steps", o.steps, 1, INT64_C(1) << 40, &o.steps));
-    FM_TRY(fm_config_int(c, "train.batch_size", o.batch_size, 2, 65536, &v));
-    o.batch_size = (int)v;
-    FM_TRY(fm_config_float(c, "train.lr", o.lr, 0.0, 10.0, &o.lr));
+    FM_TRY(fm_cli_read_optimizer(c, &o));
     FM_TRY(fm_config_float(c, "train.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0, &o.min_lr_ratio));
     FM_TRY(fm_config_int(c, "train.warmup_steps", o.warmup_steps, 0, INT64_C(1) << 40, &o.warmup_steps));
-    FM_TRY(fm_config_float(c, "train.weight_decay", o.weight_decay, 0.0, 10.0, &o.weight_decay));
-    FM_TRY(fm_config_float(c, "train.beta1", o.beta1, 0.0, 0.999999, &o.beta1));
-    FM_TRY(fm_config_float(c, "train.beta2", o.beta2, 0.0, 0.999999, &o.beta2));
-    FM_TRY(fm_config_float(c, "train.eps", o.eps, 1e-12, 1.0, &o.eps));
-    FM_TRY(fm_config_float(c, "train.grad_clip", o.grad_clip, 0.0, 1e6, &o.grad_clip));
     FM_TRY(fm_config_int(c, "train.seed", (int64_t)run->seed, 0, INT64_MAX, &v));
     o.seed = (uint64_t)v;
     t->opt = o;

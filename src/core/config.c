@@ -380,18 +380,16 @@ fm_status fm_config_check_unused(const fm_config *cfg)
     return FM_OK;
 }
 
-static int cmp_entry(const void *a, const void *b)
-{
-    return strcmp((*(const entry *const *)a)->key, (*(const entry *const *)b)->key);
-}
+static int cmp_entry(const void *a, const void *b) { return strcmp(((const entry *)a)->key, ((const entry *)b)->key); }
 
 fm_status fm_config_dump(const fm_config *cfg, const char *path)
 {
-    const entry **sorted = malloc((cfg->count ? cfg->count : 1) * sizeof *sorted);
+    /* A shallow copy sorted by key: the strings stay owned by cfg. */
+    entry *sorted = malloc((cfg->count ? cfg->count : 1) * sizeof *sorted);
     if (!sorted)
         return fm_error(FM_ERR_NO_MEMORY, "config dump: out of memory");
     for (size_t i = 0; i < cfg->count; i++)
-        sorted[i] = &cfg->items[i];
+        sorted[i] = cfg->items[i];
     qsort(sorted, cfg->count, sizeof *sorted, cmp_entry);
     FILE *f = fopen(path, "w");
     if (!f) {
@@ -400,7 +398,7 @@ fm_status fm_config_dump(const fm_config *cfg, const char *path)
     }
     fprintf(f, "# effective configuration (flattened keys)\n");
     for (size_t i = 0; i < cfg->count; i++)
-        fprintf(f, "%s: \"%s\"\n", sorted[i]->key, sorted[i]->value);
+        fprintf(f, "%s: \"%s\"\n", sorted[i].key, sorted[i].value);
     free(sorted);
     if (fclose(f) != 0)
         return fm_error(FM_ERR_IO, "config dump %s: write failed", path);

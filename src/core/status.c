@@ -30,7 +30,7 @@ const char *fm_strerror(fm_status status)
     return "unknown status";
 }
 
-fm_status fm_error(fm_status status, const char *fmt, ...)
+fm_status(fm_error)(fm_status status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

@@ -45,16 +45,21 @@ void fm_cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, /* (N,
 /* ---- multi-head self-attention core: softmax(q·kᵀ/√hs + mask)·v per head ------------------------
  * q, k, v, out are (B, T, C) with C = NH·hs, head h in columns [h·hs, (h+1)·hs). Keys j ≥ lengths[b]
  * are masked (lengths NULL: all T valid); causal masks keys j > query i. A query row whose keys are
- * all masked outputs zeros. att holds the probabilities for backward. */
+ * all masked outputs zeros and has lse = −inf. No probabilities are kept: lse holds each row's
+ * log Σ_j exp(q_i·k_j/√hs) and backward recomputes p_ij = exp(q_i·k_j/√hs − lse_i) (flash attention);
+ * backward takes forward's out, lengths and causal as well. */
 void fm_cpu_attention_forward(float *out,                                     /* (B, T, C) */
-                              float *att,                                     /* (B, NH, T, T) probabilities, saved */
+                              float *lse,                                     /* (B, NH, T) saved */
                               const float *q, const float *k, const float *v, /* (B, T, C) */
                               const int32_t *lengths,                         /* (B) or NULL */
                               int causal, int B, int T, int C, int NH);
-void fm_cpu_attention_backward(float *dq, float *dk, float *dv,                                  /* (B, T, C) */
-                               const float *dout,                                                /* (B, T, C) */
-                               const float *q, const float *k, const float *v, const float *att, /* (B, NH, T, T) */
-                               int B, int T, int C, int NH);
+void fm_cpu_attention_backward(float *dq, float *dk, float *dv,                 /* (B, T, C) or NULL */
+                               const float *dout,                               /* (B, T, C) */
+                               const float *q, const float *k, const float *v,  /* (B, T, C) */
+                               const float *out,                                /* (B, T, C) forward's */
+                               const float *lse,                                /* (B, NH, T) forward's */
+                               const int32_t *lengths,                          /* (B) or NULL */
+                               int causal, int B, int T, int C, int NH);
 
 /* ---- activations, elementwise over n ----------------------------------------------------------- */
 void fm_cpu_gelu_forward(float *out, const float *inp, size_t n); /* exact, erf */

@@ -71,7 +71,8 @@ static char *join_path(const char *dir, const char *rel)
     char *p = malloc(a + b + 1);
     if (p) {
         memcpy(p, dir, a);
-        memcpy(p + a, rel, b + 1);
+        memcpy(p + a, rel, b);
+        p[a + b] = '\0';
     }
     return p;
 }
@@ -160,6 +161,9 @@ static size_t find_slot(const builder *b, const char *path, int64_t id, int by_i
 {
     uint64_t h = by_id ? hash_u64((uint64_t)id) : hash_bytes(path);
     size_t s = (size_t)(h & (b->nslots - 1));
+    *found = 0;
+    if (b->set.num_images == 0)
+        return s; /* an empty table has no occupied slot */
     while (b->slots[s]) {
         int64_t idx = b->slots[s] - 1;
         if (by_id ? b->slot_keys[s] == id : strcmp(b->set.image_paths[idx], path) == 0) {
@@ -168,7 +172,6 @@ static size_t find_slot(const builder *b, const char *path, int64_t id, int by_i
         }
         s = (s + 1) & (b->nslots - 1);
     }
-    *found = 0;
     return s;
 }
 
@@ -330,8 +333,8 @@ static fm_status parse_coco(const char *path, const cJSON *root, fm_caption_set 
     builder b;
     memset(&b, 0, sizeof b);
     char *dir = dir_of(path);
-    const cJSON **entries = NULL;
-    size_t entries_cap = 0, n_entries = 0;
+    const char **file_names = NULL; /* "file_name" of each entry of "images", borrowed from root */
+    size_t names_cap = 0, n_names = 0;
     fm_status st = dir ? FM_OK : fm_error(FM_ERR_NO_MEMORY, "captions %s: out of memory", path);
     size_t i = 0;
     const cJSON *e;
@@ -347,16 +350,16 @@ static fm_status parse_coco(const char *path, const cJSON *root, fm_caption_set 
             st = fm_error(FM_ERR_PARSE, "captions %s: images[%zu] (id %lld) has no string \"file_name\"", path, i,
                           (long long)id);
         } else {
-            /* The id table reuses the builder: its "paths" are placeholders, its index is into entries. */
+            /* The id table reuses the builder: its "paths" are placeholders, its index is into file_names. */
             size_t before = ids.set.num_images;
             char *placeholder = dup_str("");
             int64_t idx = placeholder ? intern_image(&ids, placeholder, id, 1) : -1;
-            if (idx < 0 || !grow((void **)&entries, &entries_cap, n_entries + 1, sizeof *entries))
+            if (idx < 0 || !grow((void **)&file_names, &names_cap, n_names + 1, sizeof *file_names))
                 st = fm_error(FM_ERR_NO_MEMORY, "captions %s: out of memory", path);
             else if (ids.set.num_images == before)
                 st = fm_error(FM_ERR_PARSE, "captions %s: images[%zu]: duplicate id %lld", path, i, (long long)id);
             else
-                entries[n_entries++] = e;
+                file_names[n_names++] = fname->valuestring;
         }
         i++;
     }
@@ -378,8 +381,7 @@ static fm_status parse_coco(const char *path, const cJSON *root, fm_caption_set 
                 st = fm_error(FM_ERR_PARSE, "captions %s: annotations[%zu]: image_id %lld is not among \"images\"",
                               path, i, (long long)id);
             } else {
-                const cJSON *fname = cJSON_GetObjectItemCaseSensitive(entries[ids.slots[s] - 1], "file_name");
-                char *full = join_path(dir, fname->valuestring);
+                char *full = join_path(dir, file_names[ids.slots[s] - 1]);
                 int64_t idx = full ? intern_image(&b, full, id, 1) : -1;
                 if (idx < 0 || !add_item(&b, idx, cap->valuestring))
                     st = fm_error(FM_ERR_NO_MEMORY, "captions %s: out of memory", path);
@@ -388,7 +390,7 @@ static fm_status parse_coco(const char *path, const cJSON *root, fm_caption_set 
         i++;
     }
     free(dir);
-    free(entries);
+    free(file_names);
     builder_free(&ids);
     if (st != FM_OK) {
         builder_free(&b);
@@ -412,8 +414,8 @@ static fm_status begin(const char *path, fm_caption_set *out, char **text, size_
 
 fm_status fm_captions_load_jsonl(const char *path, fm_caption_set *out)
 {
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     FM_TRY(begin(path, out, &text, &len));
     fm_status st = parse_jsonl(path, text, len, out);
     free(text);
@@ -439,8 +441,8 @@ static fm_status load_coco_text(const char *path, const char *text, size_t len, 
 
 fm_status fm_captions_load_coco(const char *path, fm_caption_set *out)
 {
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     FM_TRY(begin(path, out, &text, &len));
     fm_status st = load_coco_text(path, text, len, out);
     free(text);
@@ -449,8 +451,8 @@ fm_status fm_captions_load_coco(const char *path, fm_caption_set *out)
 
 fm_status fm_captions_load(const char *path, fm_caption_set *out)
 {
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     FM_TRY(begin(path, out, &text, &len));
     size_t n = strlen(path);
     int coco = 0;

@@ -408,8 +408,9 @@ static int make_coeffs(int in_size, int out_size, int first, int count, coeffs *
     const double filterscale = scale < 1.0 ? 1.0 : scale;
     const double support = 2.0 * filterscale;
     c->ksize = (int)ceil(support) * 2 + 1;
-    c->bounds = malloc((size_t)count * 2 * sizeof(int));
-    c->k = malloc((size_t)count * (size_t)c->ksize * sizeof(int32_t));
+    /* Zeroed: taps past a row's support must read as 0 weights, and bounds[] is read back by the caller. */
+    c->bounds = calloc((size_t)count * 2, sizeof(int));
+    c->k = calloc((size_t)count * (size_t)c->ksize, sizeof(int32_t));
     double *w = malloc((size_t)c->ksize * sizeof(double));
     if (!c->bounds || !c->k || !w) {
         free(w);
@@ -457,8 +458,9 @@ static uint8_t clip8(int32_t v)
 }
 
 /* Resizes `in` to out_w × out_h and keeps the window [x0, x0+cw) × [y0, y0+ch) of the result into out
- * (ch, cw, 3); computing only the window gives the same values as resizing everything and cropping. */
-static fm_status resize_window(const fm_image *in, int out_w, int out_h, int x0, int y0, int cw, int chh, uint8_t *out)
+ * (ch, cw, 3); computing only the window gives the same values as resizing everything and cropping.
+ * Returns 0 when out of memory (the only way it can fail), 1 otherwise. */
+static int resize_window(const fm_image *in, int out_w, int out_h, int x0, int y0, int cw, int chh, uint8_t *out)
 {
     const int need_h = out_w != in->width, need_v = out_h != in->height;
     coeffs hx = {0, NULL, NULL}, vy = {0, NULL, NULL};
@@ -473,12 +475,12 @@ static fm_status resize_window(const fm_image *in, int out_w, int out_h, int x0,
         row_lo = vy.bounds[0];
         row_hi = vy.bounds[2 * (chh - 1)] + vy.bounds[2 * (chh - 1) + 1];
     }
-    uint8_t *mid = ok ? malloc((size_t)(row_hi - row_lo) * (size_t)cw * 3) : NULL;
+    /* Zeroed so that the vertical pass never reads indeterminate bytes, even where its taps carry weight 0. */
+    uint8_t *mid = ok ? calloc((size_t)(row_hi - row_lo) * (size_t)cw * 3, 1) : NULL;
     if (!mid) {
         free_coeffs(&hx);
         free_coeffs(&vy);
-        return fm_error(FM_ERR_NO_MEMORY, "image resize: no memory for %d×%d → %d×%d", in->width, in->height, out_w,
-                        out_h);
+        return 0;
     }
     /* Horizontal pass (or a copy of the window's columns) over the rows needed. */
     for (int y = row_lo; y < row_hi; y++) {
@@ -512,23 +514,22 @@ static fm_status resize_window(const fm_image *in, int out_w, int out_h, int x0,
         }
         const int ymin = vy.bounds[2 * y], taps = vy.bounds[2 * y + 1];
         const int32_t *k = vy.k + (size_t)y * (size_t)vy.ksize;
-        for (int x = 0; x < cw * 3; x++) {
+        for (size_t x = 0; x < (size_t)cw * 3; x++) {
             int32_t s = 1 << (PRECISION_BITS - 1);
             for (int t = 0; t < taps; t++)
-                s += mid[(size_t)(ymin + t - row_lo) * (size_t)cw * 3 + (size_t)x] * k[t];
+                s += mid[(size_t)(ymin + t - row_lo) * (size_t)cw * 3 + x] * k[t];
             dst[x] = clip8(s);
         }
     }
     free(mid);
     free_coeffs(&hx);
     free_coeffs(&vy);
-    return FM_OK;
+    return 1;
 }
 
-static fm_status check_image(const fm_image *image, const char *what)
+/* The caller has checked that image and its pixels are not NULL. */
+static fm_status check_image_size(const fm_image *image, const char *what)
 {
-    if (!image || !image->pixels)
-        return fm_error(FM_ERR_INVALID_ARG, "%s: image is NULL or empty", what);
     if (image->width < 1 || image->height < 1 || image->width > FM_IMAGE_MAX_SIDE || image->height > FM_IMAGE_MAX_SIDE)
         return fm_error(FM_ERR_RANGE, "%s: image size %d×%d is outside [1, %d]", what, image->width, image->height,
                         FM_IMAGE_MAX_SIDE);
@@ -537,18 +538,25 @@ static fm_status check_image(const fm_image *image, const char *what)
 
 fm_status fm_image_resize_bicubic(const fm_image *image, int out_width, int out_height, uint8_t *out)
 {
-    FM_TRY(check_image(image, "image resize"));
+    if (!image || !image->pixels)
+        return fm_error(FM_ERR_INVALID_ARG, "image resize: image is NULL or empty");
+    FM_TRY(check_image_size(image, "image resize"));
     if (!out)
         return fm_error(FM_ERR_INVALID_ARG, "image resize: output is NULL");
     if (out_width < 1 || out_height < 1 || out_width > FM_IMAGE_MAX_SIDE || out_height > FM_IMAGE_MAX_SIDE)
         return fm_error(FM_ERR_RANGE, "image resize: target %d×%d is outside [1, %d]", out_width, out_height,
                         FM_IMAGE_MAX_SIDE);
-    return resize_window(image, out_width, out_height, 0, 0, out_width, out_height, out);
+    if (!resize_window(image, out_width, out_height, 0, 0, out_width, out_height, out))
+        return fm_error(FM_ERR_NO_MEMORY, "image resize: no memory for %d×%d → %d×%d", image->width, image->height,
+                        out_width, out_height);
+    return FM_OK;
 }
 
 fm_status fm_image_clip_preprocess(const fm_image *image, int size, float *out)
 {
-    FM_TRY(check_image(image, "clip preprocess"));
+    if (!image || !image->pixels)
+        return fm_error(FM_ERR_INVALID_ARG, "clip preprocess: image is NULL or empty");
+    FM_TRY(check_image_size(image, "clip preprocess"));
     if (!out)
         return fm_error(FM_ERR_INVALID_ARG, "clip preprocess: output is NULL");
     if (size < 1 || size > 4096)
@@ -573,16 +581,17 @@ fm_status fm_image_clip_preprocess(const fm_image *image, int size, float *out)
     uint8_t *crop = malloc((size_t)size * (size_t)size * 3);
     if (!crop)
         return fm_error(FM_ERR_NO_MEMORY, "clip preprocess: no memory for %d×%d", size, size);
-    fm_status st = resize_window(image, new_w, new_h, left, top, size, size, crop);
-    if (st == FM_OK) {
-        static const float mean[3] = FM_CLIP_MEAN, stdv[3] = FM_CLIP_STD;
-        const size_t plane = (size_t)size * (size_t)size;
-        for (size_t i = 0; i < plane; i++)
-            for (int c = 0; c < 3; c++)
-                out[(size_t)c * plane + i] = ((float)crop[3 * i + (size_t)c] / 255.0f - mean[c]) / stdv[c];
+    if (!resize_window(image, new_w, new_h, left, top, size, size, crop)) {
+        free(crop);
+        return fm_error(FM_ERR_NO_MEMORY, "image resize: no memory for %d×%d → %d×%d", w, h, new_w, new_h);
     }
+    static const float mean[3] = FM_CLIP_MEAN, stdv[3] = FM_CLIP_STD;
+    const size_t plane = (size_t)size * (size_t)size;
+    for (size_t i = 0; i < plane; i++)
+        for (int c = 0; c < 3; c++)
+            out[(size_t)c * plane + i] = ((float)crop[3 * i + (size_t)c] / 255.0f - mean[c]) / stdv[c];
     free(crop);
-    return st;
+    return FM_OK;
 }
 
 fm_status fm_image_load_clip(const char *path, int size, float *out)

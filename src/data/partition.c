@@ -172,16 +172,18 @@ fm_status fm_partition_dirichlet(const int32_t *labels, int64_t n, int num_class
         return fm_error(FM_ERR_INVALID_ARG, "dirichlet partition: negative min_size %lld", (long long)min_size);
     if (min_size > n || min_size * (int64_t)num_sites > n)
         return fm_error(FM_ERR_RANGE, "dirichlet partition: %d sites of at least %lld samples need %lld, have %lld",
-                        num_sites, (long long)min_size, (long long)(min_size * num_sites), (long long)n);
+                        num_sites, (long long)min_size, (long long)min_size * num_sites, (long long)n);
     for (int64_t i = 0; i < n; i++)
         if (labels[i] < 0 || labels[i] >= num_classes)
             return fm_error(FM_ERR_RANGE, "dirichlet partition: sample %lld has label %d outside [0, %d)", (long long)i,
                             labels[i], num_classes);
 
     const size_t nn = (size_t)(n > 0 ? n : 1);
-    int64_t *by_class = malloc(nn * sizeof(int64_t)); /* indices grouped by class */
+    /* by_class and site_of get every entry written below; zeroing them keeps a slip in that from reading
+     * indeterminate values (and lets the static analyzer see it). */
+    int64_t *by_class = calloc(nn, sizeof(int64_t)); /* indices grouped by class */
     int64_t *class_start = calloc((size_t)num_classes + 1, sizeof(int64_t));
-    int32_t *site_of = malloc(nn * sizeof(int32_t));
+    int32_t *site_of = calloc(nn, sizeof(int32_t));
     int64_t *counts = malloc((size_t)num_sites * sizeof(int64_t));
     double *share = malloc((size_t)num_sites * sizeof(double));
     if (!by_class || !class_start || !site_of || !counts || !share) {

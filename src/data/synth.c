@@ -300,8 +300,9 @@ static void render(const fm_synth_config *c, const sample_plan *p, fm_rng *rng, 
         fm_rng_normal(rng, image, 3 * plane, 0.0f, c->noise_std);
     else
         memset(image, 0, 3 * plane * sizeof(float));
+    const int num_shapes = p->num_shapes == 2 ? 2 : 1; /* what plan_sample draws; bounds the arrays below */
     int x0[2], x1[2], y0[2], y1[2];
-    for (int s = 0; s < p->num_shapes; s++) {
+    for (int s = 0; s < num_shapes; s++) {
         const shape_plan *sh = &p->shape[s];
         float ext = 1.25f * sh->r; /* covers every kind at any rotation */
         x0[s] = (int)floorf(sh->cx - ext);
@@ -318,7 +319,7 @@ static void render(const fm_synth_config *c, const sample_plan *p, fm_rng *rng, 
             float rgb[3];
             for (int ch = 0; ch < 3; ch++)
                 rgb[ch] = p->bg0[ch] + (p->bg1[ch] - p->bg0[ch]) * t;
-            for (int s = p->num_shapes - 1; s >= 0; s--) /* second shape first, primary on top */
+            for (int s = num_shapes - 1; s >= 0; s--) /* second shape first, primary on top */
                 if (x >= x0[s] && x <= x1[s] && y >= y0[s] && y <= y1[s])
                     composite_shape(&p->shape[s], x, y, rgb);
             size_t at = (size_t)y * (size_t)S + (size_t)x;

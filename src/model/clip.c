@@ -463,7 +463,7 @@ static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
         CARVE(la->q, FM_F32, B, T, W);
         CARVE(la->k, FM_F32, B, T, W);
         CARVE(la->v, FM_F32, B, T, W);
-        CARVE(la->att, FM_F32, B, NH, T, T);
+        CARVE(la->lse, FM_F32, B, NH, T);
         CARVE(la->a, FM_F32, B, T, W);
         CARVE(la->xmid, FM_F32, B, T, W);
         CARVE(la->ln2, FM_F32, B, T, W);

@@ -77,7 +77,7 @@ static fm_status layer_forward(fm_clip *m, clip_tower *tw, int l, const fm_tenso
     FM_TRY(linear_forward(m, &p->q, &a->lq, &a->q, &a->ln1));
     FM_TRY(linear_forward(m, &p->k, &a->lk, &a->k, &a->ln1));
     FM_TRY(linear_forward(m, &p->v, &a->lv, &a->v, &a->ln1));
-    FM_TRY(fm_attention_forward(&a->a, &a->att, &a->q, &a->k, &a->v, NULL, tw->causal, tw->NH));
+    FM_TRY(fm_attention_forward(&a->a, &a->lse, &a->q, &a->k, &a->v, NULL, tw->causal, tw->NH));
     FM_TRY(linear_forward(m, &p->o, &a->lo, &tmp, &a->a));
     FM_TRY(fm_residual_forward(&a->xmid, x, &tmp));
     FM_TRY(fm_layernorm_forward(&a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->xmid, &p->ln2_w.v, &p->ln2_b.v, eps));
@@ -115,7 +115,8 @@ static fm_status layer_backward(fm_clip *m, clip_tower *tw, int l, const fm_tens
     FM_TRY(clip_zero(&dq));
     FM_TRY(clip_zero(&dk));
     FM_TRY(clip_zero(&dv));
-    FM_TRY(fm_attention_backward(&dq, &dk, &dv, &da, &a->q, &a->k, &a->v, &a->att, tw->NH));
+    FM_TRY(fm_attention_backward(&dq, &dk, &dv, &da, &a->q, &a->k, &a->v, &a->a, &a->lse, NULL, tw->causal,
+                                 tw->NH));
     FM_TRY(clip_zero(&dln));
     FM_TRY(linear_backward(m, &p->q, &a->lq, &dln, &dq, &a->ln1));
     FM_TRY(linear_backward(m, &p->k, &a->lk, &dln, &dk, &a->ln1));

@@ -45,7 +45,7 @@ typedef struct clip_lora_acts {
 typedef struct clip_layer_acts {
     fm_tensor ln1, ln1_mean, ln1_rstd; /* (B, T, W), (B, T) ×2 */
     fm_tensor q, k, v, a;              /* (B, T, W); a = attention output, input of out_proj */
-    fm_tensor att;                     /* (B, NH, T, T) */
+    fm_tensor lse;                     /* (B, NH, T) attention row log-sum-exp, saved for backward */
     fm_tensor xmid;                    /* (B, T, W) residual stream after attention */
     fm_tensor ln2, ln2_mean, ln2_rstd;
     fm_tensor h, g; /* (B, T, M) fc1 output and its activation */

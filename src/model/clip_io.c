@@ -54,7 +54,7 @@ fm_status fm_clip_save(fm_clip *m, const char *path)
 {
     if (!m || !path)
         return fm_error(FM_ERR_INVALID_ARG, "clip save: NULL argument");
-    float *hf, *ht;
+    float *hf = NULL, *ht = NULL;
     FM_TRY(host_copy(m, &hf, &ht));
     fm_st_writer *w = NULL;
     fm_status st = fm_st_writer_create(&w);
@@ -74,7 +74,7 @@ fm_status fm_clip_save_adapters(fm_clip *m, const char *path)
 {
     if (!m || !path)
         return fm_error(FM_ERR_INVALID_ARG, "clip save_adapters: NULL argument");
-    float *hf, *ht;
+    float *hf = NULL, *ht = NULL;
     FM_TRY(host_copy(m, &hf, &ht));
     fm_st_writer *w = NULL;
     fm_status st = fm_st_writer_create(&w);

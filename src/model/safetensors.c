@@ -229,6 +229,11 @@ static int shape_sizes(int ndim, const int64_t *shape, size_t elsize, size_t *nu
 
 enum { ST_BORROWED = 0, ST_MALLOC, ST_MMAP };
 
+/* One entry of the name index: a tensor of the file's table, looked up by its name. */
+typedef struct st_name_ref {
+    const fm_st_tensor_info *tensor;
+} st_name_ref;
+
 struct fm_st_file {
     char *source;               /* path or "<memory>", for messages */
     const unsigned char *image; /* the whole file */
@@ -236,7 +241,7 @@ struct fm_st_file {
     int storage;                /* ST_BORROWED / ST_MALLOC / ST_MMAP */
     fm_st_tensor_info *tensors; /* in data order */
     size_t n_tensors;
-    const fm_st_tensor_info **by_name; /* sorted by name, for bsearch */
+    st_name_ref *by_name; /* sorted by name, for bsearch */
     char **meta_keys;
     char **meta_values;
     size_t n_meta;
@@ -271,6 +276,7 @@ void fm_st_close(fm_st_file *file) { file_free(file); }
 /* A non-negative integer exact in a double, from a JSON number; what = field name for the message. */
 static fm_status json_uint(const cJSON *item, uint64_t *out, const char *src, const char *tname, const char *what)
 {
+    *out = 0;
     if (!cJSON_IsNumber(item))
         return fm_error(FM_ERR_PARSE, "%s: tensor '%s': %s is not a number", src, tname, what);
     double v = item->valuedouble;
@@ -290,6 +296,8 @@ static fm_status parse_metadata(fm_st_file *f, const cJSON *meta)
     size_t n = (size_t)cJSON_GetArraySize(meta);
     if (n == 0)
         return FM_OK;
+    /* Called once per file (the caller rejects a second "__metadata__"), on an empty table. */
+    f->n_meta = 0;
     f->meta_keys = calloc(n, sizeof *f->meta_keys);
     f->meta_values = calloc(n, sizeof *f->meta_values);
     if (f->meta_keys == NULL || f->meta_values == NULL)
@@ -405,10 +413,10 @@ static int cmp_offset(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-static int cmp_name_ptr(const void *a, const void *b)
+static int cmp_name_ref(const void *a, const void *b)
 {
-    const fm_st_tensor_info *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
+    const st_name_ref *x = a, *y = b;
+    return strcmp(x->tensor->name, y->tensor->name);
 }
 
 /* Validates f->image and fills the tensor table. */
@@ -504,11 +512,11 @@ static fm_status parse_image(fm_st_file *f)
         goto done;
     }
     for (size_t i = 0; i < f->n_tensors; i++)
-        f->by_name[i] = &f->tensors[i];
-    qsort(f->by_name, f->n_tensors, sizeof *f->by_name, cmp_name_ptr);
+        f->by_name[i].tensor = &f->tensors[i];
+    qsort(f->by_name, f->n_tensors, sizeof *f->by_name, cmp_name_ref);
     for (size_t i = 1; i < f->n_tensors; i++) {
-        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
-            st = fm_error(FM_ERR_PARSE, "%s: tensor '%s' appears twice in the header", src, f->by_name[i]->name);
+        if (strcmp(f->by_name[i - 1].tensor->name, f->by_name[i].tensor->name) == 0) {
+            st = fm_error(FM_ERR_PARSE, "%s: tensor '%s' appears twice in the header", src, f->by_name[i].tensor->name);
             goto done;
         }
     }
@@ -537,26 +545,26 @@ static fm_status parse_image(fm_st_file *f)
     }
     /* The sort moved the tensors: rebuild the name index over their new places. */
     for (size_t i = 0; i < f->n_tensors; i++)
-        f->by_name[i] = &f->tensors[i];
-    qsort(f->by_name, f->n_tensors, sizeof *f->by_name, cmp_name_ptr);
+        f->by_name[i].tensor = &f->tensors[i];
+    qsort(f->by_name, f->n_tensors, sizeof *f->by_name, cmp_name_ref);
 
 done:
     cJSON_Delete(root);
     return st;
 }
 
-static fm_status file_new(fm_st_file **out, const char *source)
+/* A new empty handle, or NULL when out of memory. */
+static fm_st_file *file_new(const char *source)
 {
     fm_st_file *f = calloc(1, sizeof *f);
     if (f == NULL)
-        return fm_error(FM_ERR_NO_MEMORY, "safetensors: no memory for a file handle");
+        return NULL;
     f->source = strdup(source);
     if (f->source == NULL) {
         free(f);
-        return fm_error(FM_ERR_NO_MEMORY, "safetensors: no memory for a file handle");
+        return NULL;
     }
-    *out = f;
-    return FM_OK;
+    return f;
 }
 
 static fm_status finish_open(fm_st_file **out, fm_st_file *f)
@@ -603,11 +611,10 @@ fm_status fm_st_open(fm_st_file **out, const char *path)
     close(fd); /* the mapping keeps the file alive */
     if (map == MAP_FAILED)
         return fm_error(FM_ERR_IO, "%s: cannot map %zu bytes: %s", path, len, strerror(e));
-    fm_st_file *f = NULL;
-    fm_status st = file_new(&f, path);
-    if (st != FM_OK) {
+    fm_st_file *f = file_new(path);
+    if (f == NULL) {
         munmap(map, len);
-        return st;
+        return fm_error(FM_ERR_NO_MEMORY, "safetensors: no memory for a file handle");
     }
     f->image = map;
     f->image_len = len;
@@ -620,8 +627,9 @@ fm_status fm_st_parse(fm_st_file **out, const void *bytes, size_t len)
     if (out == NULL || (bytes == NULL && len > 0))
         return fm_error(FM_ERR_INVALID_ARG, "fm_st_parse: NULL argument");
     *out = NULL;
-    fm_st_file *f = NULL;
-    FM_TRY(file_new(&f, "<memory>"));
+    fm_st_file *f = file_new("<memory>");
+    if (f == NULL)
+        return fm_error(FM_ERR_NO_MEMORY, "safetensors: no memory for a file handle");
     unsigned char *copy = malloc(len ? len : 1);
     if (copy == NULL) {
         file_free(f);
@@ -640,8 +648,9 @@ fm_status fm_st_parse_view(fm_st_file **out, const void *bytes, size_t len)
     if (out == NULL || (bytes == NULL && len > 0))
         return fm_error(FM_ERR_INVALID_ARG, "fm_st_parse_view: NULL argument");
     *out = NULL;
-    fm_st_file *f = NULL;
-    FM_TRY(file_new(&f, "<memory>"));
+    fm_st_file *f = file_new("<memory>");
+    if (f == NULL)
+        return fm_error(FM_ERR_NO_MEMORY, "safetensors: no memory for a file handle");
     f->image = bytes;
     f->image_len = len;
     f->storage = ST_BORROWED;
@@ -666,15 +675,14 @@ const fm_st_tensor_info *fm_st_find(const fm_st_file *file, const char *name)
     fm_st_tensor_info key;
     memset(&key, 0, sizeof key);
     key.name = name;
-    const fm_st_tensor_info *kp = &key;
-    const fm_st_tensor_info *const *hit =
-        bsearch(&kp, file->by_name, file->n_tensors, sizeof *file->by_name, cmp_name_ptr);
+    const st_name_ref kref = {&key};
+    const st_name_ref *hit = bsearch(&kref, file->by_name, file->n_tensors, sizeof *file->by_name, cmp_name_ref);
     if (hit == NULL) {
         fm_error(FM_ERR_RANGE, "%s: no tensor named '%s' (the file has %zu tensors)", file->source, name,
                  file->n_tensors);
         return NULL;
     }
-    return *hit;
+    return hit->tensor;
 }
 
 const char *fm_st_metadata(const fm_st_file *file, const char *key)
@@ -985,20 +993,20 @@ static void buf_json_str(st_buf *b, const char *s)
     buf_put(b, "\"", 1);
 }
 
-static int cmp_entry_ptr(const void *a, const void *b)
+static int cmp_entry(const void *a, const void *b)
 {
-    const st_entry *const *x = a, *const *y = b;
-    size_t sx = st_dtypes[(*x)->dtype].size, sy = st_dtypes[(*y)->dtype].size;
+    const st_entry *x = a, *y = b;
+    size_t sx = st_dtypes[x->dtype].size, sy = st_dtypes[y->dtype].size;
     if (sx != sy)
         return sx > sy ? -1 : 1;
-    return strcmp((*x)->name, (*y)->name);
+    return strcmp(x->name, y->name);
 }
 
 /* The write order and the padded header text. */
 typedef struct st_plan {
-    const st_entry **order;
-    st_buf header; /* padded to a multiple of 8 */
-    size_t total;  /* 8 + header + data */
+    st_entry *order; /* shallow copies of the writer's entries, in write order */
+    st_buf header;   /* padded to a multiple of 8 */
+    size_t total;    /* 8 + header + data */
 } st_plan;
 
 static void plan_free(st_plan *p)
@@ -1014,8 +1022,8 @@ static fm_status plan_make(const fm_st_writer *w, st_plan *p)
     if (p->order == NULL)
         return fm_error(FM_ERR_NO_MEMORY, "safetensors writer: no memory");
     for (size_t i = 0; i < w->n; i++)
-        p->order[i] = &w->entries[i];
-    qsort(p->order, w->n, sizeof *p->order, cmp_entry_ptr);
+        p->order[i] = w->entries[i];
+    qsort(p->order, w->n, sizeof *p->order, cmp_entry);
 
     st_buf *b = &p->header;
     buf_puts(b, "{");
@@ -1034,7 +1042,7 @@ static fm_status plan_make(const fm_st_writer *w, st_plan *p)
     }
     size_t offset = 0;
     for (size_t i = 0; i < w->n; i++) {
-        const st_entry *e = p->order[i];
+        const st_entry *e = &p->order[i];
         if (!first)
             buf_puts(b, ",");
         first = 0;
@@ -1120,7 +1128,7 @@ static fm_status plan_emit(const st_plan *p, size_t n_entries, st_sink *s)
     enum { CHUNK = 16384 };
     uint16_t tmp[CHUNK];
     for (size_t i = 0; i < n_entries; i++) {
-        const st_entry *e = p->order[i];
+        const st_entry *e = &p->order[i];
         if (!e->from_f32) {
             FM_TRY(sink_write(s, e->data, e->nbytes));
             continue;
@@ -1215,11 +1223,9 @@ fm_status fm_st_write(const fm_st_writer *writer, const char *path)
         goto fail_fd;
     }
     if (close(fd) != 0) {
-        fd = -1;
         st = fm_error(FM_ERR_IO, "%s: close failed: %s", path, strerror(errno));
         goto fail_unlink;
     }
-    fd = -1;
     if (rename(tmp, path) != 0) {
         st = fm_error(FM_ERR_IO, "%s: cannot rename the temporary file into place: %s", path, strerror(errno));
         goto fail_unlink;

@@ -475,24 +475,33 @@ typedef struct {
     size_t len, cap;
 } strbuf;
 
-static fm_status sb_reserve(strbuf *sb, size_t extra)
+/* Room for `extra` more bytes and a NUL; returns the new capacity, or 0 when out of memory. */
+static size_t sb_grow(strbuf *sb, size_t extra)
 {
     if (sb->len + extra + 1 <= sb->cap)
-        return FM_OK;
+        return sb->cap;
     size_t cap = sb->cap ? sb->cap : 256;
     while (cap < sb->len + extra + 1)
         cap *= 2;
     char *p = realloc(sb->p, cap);
     if (!p)
-        return fm_error(FM_ERR_NO_MEMORY, "tokenizer: cannot allocate %zu bytes", cap);
+        return 0;
     sb->p = p;
     sb->cap = cap;
+    return cap;
+}
+
+static fm_status sb_reserve(strbuf *sb, size_t extra)
+{
+    if (!sb_grow(sb, extra))
+        return fm_error(FM_ERR_NO_MEMORY, "tokenizer: cannot allocate %zu bytes", sb->len + extra + 1);
     return FM_OK;
 }
 
 static fm_status sb_append(strbuf *sb, const char *s, size_t n)
 {
-    FM_TRY(sb_reserve(sb, n));
+    if (!sb_grow(sb, n))
+        return fm_error(FM_ERR_NO_MEMORY, "tokenizer: cannot allocate %zu bytes", sb->len + n + 1);
     memcpy(sb->p + sb->len, s, n);
     sb->len += n;
     sb->p[sb->len] = '\0';
@@ -580,7 +589,7 @@ void fm_tok_lookup_bytes(fm_tokenizer *tok)
         fm_tok_byte_char((uint8_t)b, s);
         size_t n = strlen(s);
         tok->byte_id[b] = vocab_find(tok, s, n);
-        memcpy(s + n, EOW, EOW_LEN);
+        memcpy(s + n, EOW, EOW_LEN + 1); /* with its NUL: s has room for 2 bytes, EOW and the NUL */
         tok->byte_end_id[b] = vocab_find(tok, s, n + EOW_LEN);
     }
 }
@@ -1044,7 +1053,9 @@ fm_status fm_tok_bpe_word(const fm_tokenizer *tok, const uint8_t *word, size_t l
 static fm_status clean_text(const char *text, size_t n, char **out, size_t *out_len)
 {
     const uint8_t *s = (const uint8_t *)text;
-    char *buf = malloc(n + n / 2 + 1);
+    /* Zeroed: the pre-tokenizer reads only the first len bytes, but that bound runs through utf8_decode() a few
+     * calls deep, where the static analyzer stops following it. */
+    char *buf = calloc(n + n / 2 + 1, 1);
     if (!buf)
         return fm_error(FM_ERR_NO_MEMORY, "tokenizer: cannot allocate %zu bytes for a text", n + n / 2 + 1);
     size_t len = 0;

@@ -233,15 +233,9 @@ static fm_status vec_view(fm_tensor *t, float *p, size_t n, fm_device dev)
     return fm_tensor_view(t, p, n * sizeof(float), 0, FM_F32, dev, 1, shape);
 }
 
-fm_status fm_train_step(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, const fm_batch *batch, int B,
-                        double lr, float *loss, float *grad_norm)
+fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr,
+                             float *grad_norm)
 {
-    if (B <= 0 || B > batch->capacity)
-        return fm_error(FM_ERR_INVALID_ARG, "train step: batch of %d (capacity %d)", B, batch->capacity);
-    FM_TRY(fm_clip_zero_grad(model));
-    FM_TRY(fm_clip_forward_backward(model, batch->images, batch->tokens, batch->eot, B, loss));
-    if (!isfinite(*loss))
-        return fm_error(FM_ERR_NOT_FINITE, "train step %lld: loss is %f", (long long)opt->step, (double)*loss);
     fm_tensor p, g, m, v;
     const fm_device dev = opt->device;
     FM_TRY(vec_view(&p, fm_clip_trainable(model), opt->n, dev));
@@ -282,6 +276,18 @@ fm_status fm_train_step(fm_clip *model, fm_optimizer *opt, const fm_train_option
         i = k;
     }
     return FM_OK;
+}
+
+fm_status fm_train_step(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, const fm_batch *batch, int B,
+                        double lr, float *loss, float *grad_norm)
+{
+    if (B <= 0 || B > batch->capacity)
+        return fm_error(FM_ERR_INVALID_ARG, "train step: batch of %d (capacity %d)", B, batch->capacity);
+    FM_TRY(fm_clip_zero_grad(model));
+    FM_TRY(fm_clip_forward_backward(model, batch->images, batch->tokens, batch->eot, B, loss));
+    if (!isfinite(*loss))
+        return fm_error(FM_ERR_NOT_FINITE, "train step %lld: loss is %f", (long long)opt->step, (double)*loss);
+    return fm_optimizer_apply(model, opt, o, lr, grad_norm);
 }
 
 /* ---- evaluation --------------------------------------------------------------------------------- */

@@ -1,9 +1,13 @@
 /* Tensor-level dispatch of softmax cross-entropy: logits and probs (N, C) (leading dims flattened into N),
- * targets i32 with N entries in [-1, C), -1 meaning ignored. CPU reference only (no CUDA kernel yet). */
+ * targets i32 with N entries in [-1, C), -1 meaning ignored. CUDA tensors run kernels/cross_entropy.cu, which
+ * checks the targets on the device and reports a bad one as FM_ERR_RANGE too (waiting for the stream). */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* targets may be (N), or shaped like the logits' leading dims ((B, T) for (B, T, C) logits). */
 static fm_status check_targets_shape(const char *op, const fm_tensor *targets, const fm_tensor *logits, int64_t rows)
@@ -38,8 +42,13 @@ fm_status fm_cross_entropy_forward(fm_tensor *loss, fm_tensor *probs, const fm_t
     int N = 0, C = 0;
     FM_TRY(fm_op_to_int(op, "rows", rows, &N));
     FM_TRY(fm_op_to_int(op, "classes", cols, &C));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_cross_entropy_forward(loss->data, probs->data, logits->data, targets->data, N, C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     return fm_cpu_cross_entropy_forward(loss->data, probs->data, logits->data, targets->data, N, C);
 }
 
@@ -58,10 +67,15 @@ fm_status fm_cross_entropy_backward(fm_tensor *dlogits, const fm_tensor *probs, 
     int N = 0, C = 0;
     FM_TRY(fm_op_to_int(op, "rows", rows, &N));
     FM_TRY(fm_op_to_int(op, "classes", cols, &C));
-    if (dev == FM_DEVICE_CUDA)
-        return fm_op_no_cuda(op);
     if (!dlogits)
         return FM_OK;
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_cross_entropy_backward(dlogits->data, probs->data, targets->data, N, C, dloss);
+#else
+        return fm_op_no_cuda(op);
+#endif
+    }
     /* checked again here because a bad target would make backward write outside dlogits */
     const int32_t *t = targets->data;
     for (int i = 0; i < N; i++)

@@ -1,8 +1,12 @@
-/* Tensor-level token + position embedding: checks, then the CPU reference (no CUDA kernel yet). */
+/* Tensor-level token + position embedding: checks, then the CPU reference or, in a
+ * CUDA build, the CUDA twin (which checks the token ids on the device). */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* Checks tokens (B, T), a table `tab` (V, C) and positions `pos` (T_max ≥ T, C); returns B, T, C, V. */
 static fm_status embedding_sizes(const char *op, const fm_tensor *tokens, const char *tab_name, const fm_tensor *tab,
@@ -34,8 +38,13 @@ fm_status fm_embedding_forward(fm_tensor *out, const fm_tensor *tokens, const fm
     FM_TRY(embedding_sizes(op, tokens, "wte", wte, "wpe", wpe, wte->shape[1], &B, &T, &V));
     FM_TRY(fm_op_to_int(op, "C (embedding width)", wte->shape[1], &C));
     FM_TRY(fm_op_check_shape(op, "out", out, 3, (const int64_t[]){B, T, C}));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_embedding_forward(out->data, tokens->data, wte->data, wpe->data, B, T, C, V);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     return fm_cpu_embedding_forward(out->data, tokens->data, wte->data, wpe->data, B, T, C, V);
 }
 
@@ -51,8 +60,14 @@ fm_status fm_embedding_backward(fm_tensor *dwte, fm_tensor *dwpe, const fm_tenso
     int B = 0, T = 0, V = 0, C = 0;
     FM_TRY(embedding_sizes(op, tokens, "dwte", dwte, "dwpe", dwpe, dout->shape[2], &B, &T, &V));
     FM_TRY(fm_op_to_int(op, "C (embedding width)", dout->shape[2], &C));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_embedding_backward(dwte ? dwte->data : NULL, dwpe ? dwpe->data : NULL, dout->data, tokens->data,
+                                          B, T, C, V);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     if (dwte) {
         /* The CPU kernel scatters into dwte by token id, so an id out of range would write out of bounds. */
         const int32_t *ids = tokens->data;

@@ -1,11 +1,15 @@
 /* Tensor-level dispatch of the symmetric InfoNCE (CLIP) loss: img, txt (N, D), probs (N, N) each, loss
- * and logit_scale scalars (0-dim or (1)). CPU reference only (no CUDA kernel yet). */
+ * and logit_scale scalars (0-dim or (1)). CUDA tensors run kernels/infonce.cu, which reads logit_scale on
+ * the device (there a NaN or Inf logit_scale is not refused: it makes the loss NaN). */
 #include <math.h>
 
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* Checks shared by forward and backward; gives N and D. */
 static fm_status infonce_sizes(const char *op, const fm_tensor *img, const fm_tensor *txt, const fm_tensor *probs_i2t,
@@ -51,8 +55,14 @@ fm_status fm_infonce_forward(fm_tensor *loss, fm_tensor *probs_i2t, fm_tensor *p
     int N = 0, D = 0;
     FM_TRY(infonce_sizes(op, img, txt, probs_i2t, probs_t2i, logit_scale, &N, &D));
     FM_TRY(fm_op_check_scalar(op, "loss", loss));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_infonce_forward(loss->data, probs_i2t->data, probs_t2i->data, img->data, txt->data,
+                                       logit_scale->data, N, D);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     float ls = 0.0f;
     FM_TRY(read_logit_scale(op, logit_scale, &ls));
     fm_cpu_infonce_forward(loss->data, probs_i2t->data, probs_t2i->data, img->data, txt->data, ls, N, D);
@@ -84,10 +94,17 @@ fm_status fm_infonce_backward(fm_tensor *dimg, fm_tensor *dtxt, fm_tensor *dlogi
         FM_TRY(fm_op_check_same_shape(op, "dtxt", dtxt, "txt", txt));
     if (dlogit_scale)
         FM_TRY(fm_op_check_scalar(op, "dlogit_scale", dlogit_scale));
-    if (dev == FM_DEVICE_CUDA)
-        return fm_op_no_cuda(op);
     if (!dimg && !dtxt && !dlogit_scale)
         return FM_OK;
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_infonce_backward(dimg ? dimg->data : NULL, dtxt ? dtxt->data : NULL,
+                                        dlogit_scale ? dlogit_scale->data : NULL, img->data, txt->data,
+                                        probs_i2t->data, probs_t2i->data, logit_scale->data, N, D, dloss);
+#else
+        return fm_op_no_cuda(op);
+#endif
+    }
     float ls = 0.0f;
     FM_TRY(read_logit_scale(op, logit_scale, &ls));
     fm_cpu_infonce_backward(dimg ? dimg->data : NULL, dtxt ? dtxt->data : NULL,

@@ -1,9 +1,12 @@
 /* Tensor-level dispatch of row-wise L2 normalisation over the last dim; norm holds one value per row,
- * shaped (N) or as the input's leading dims. CPU reference only (no CUDA kernel yet). */
+ * shaped (N) or as the input's leading dims. The CPU reference or, in a CUDA build, the CUDA twin. */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* norm may be (N) with N rows, or shaped like inp's leading dims ((B, T) for a (B, T, C) input). */
 static fm_status check_norm_shape(const char *op, const fm_tensor *norm, const fm_tensor *inp, int64_t rows)
@@ -34,8 +37,13 @@ fm_status fm_l2norm_forward(fm_tensor *out, fm_tensor *norm, const fm_tensor *in
     int N = 0, C = 0;
     FM_TRY(fm_op_to_int(op, "rows", rows, &N));
     FM_TRY(fm_op_to_int(op, "columns", cols, &C));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_l2norm_forward(out->data, norm->data, inp->data, N, C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_l2norm_forward(out->data, norm->data, inp->data, N, C);
     return FM_OK;
 }
@@ -56,8 +64,13 @@ fm_status fm_l2norm_backward(fm_tensor *dinp, const fm_tensor *dout, const fm_te
     int N = 0, C = 0;
     FM_TRY(fm_op_to_int(op, "rows", rows, &N));
     FM_TRY(fm_op_to_int(op, "columns", cols, &C));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return dinp ? fm_cuda_l2norm_backward(dinp->data, dout->data, out->data, norm->data, N, C) : FM_OK;
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     if (dinp)
         fm_cpu_l2norm_backward(dinp->data, dout->data, out->data, norm->data, N, C);
     return FM_OK;

@@ -1,10 +1,14 @@
-/* Tensor-level layer normalisation over the last dim: checks, then the CPU reference (no CUDA kernel yet). */
+/* Tensor-level layer normalisation over the last dim: checks, then the CPU reference or,
+ * in a CUDA build, the CUDA twin. */
 #include <math.h>
 
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* mean / rstd hold one value per row: either flat (N) or inp's leading dims, e.g. (B, T). */
 static fm_status check_row_stat(const char *op, const char *name, const fm_tensor *t, const fm_tensor *inp, int64_t N)
@@ -48,8 +52,14 @@ fm_status fm_layernorm_forward(fm_tensor *out, fm_tensor *mean, fm_tensor *rstd,
     FM_TRY(layernorm_sizes(op, inp, weight, mean, rstd, &N, &C));
     FM_TRY(fm_op_check_same_shape(op, "bias", bias, "weight", weight));
     FM_TRY(fm_op_check_same_shape(op, "out", out, "inp", inp));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_layernorm_forward(out->data, mean->data, rstd->data, inp->data, weight->data, bias->data, N, C,
+                                         eps);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_layernorm_forward(out->data, mean->data, rstd->data, inp->data, weight->data, bias->data, N, C, eps);
     return FM_OK;
 }
@@ -74,8 +84,15 @@ fm_status fm_layernorm_backward(fm_tensor *dinp, fm_tensor *dweight, fm_tensor *
         FM_TRY(fm_op_check_same_shape(op, "dweight", dweight, "weight", weight));
     if (dbias)
         FM_TRY(fm_op_check_same_shape(op, "dbias", dbias, "weight", weight));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_layernorm_backward(dinp ? dinp->data : NULL, dweight ? dweight->data : NULL,
+                                          dbias ? dbias->data : NULL, dout->data, inp->data, weight->data, mean->data,
+                                          rstd->data, N, C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_layernorm_backward(dinp ? dinp->data : NULL, dweight ? dweight->data : NULL, dbias ? dbias->data : NULL,
                               dout->data, inp->data, weight->data, mean->data, rstd->data, N, C);
     return FM_OK;

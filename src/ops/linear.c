@@ -1,8 +1,11 @@
-/* Tensor-level fully connected layer: checks, then the CPU reference (no CUDA kernel yet). */
+/* Tensor-level fully connected layer: checks, then the CPU reference or, in a CUDA build, the cuBLASLt twin. */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* Checks inp (..., C) and weight (OC, C) and returns N (the leading dims flattened), C and OC as ints. */
 static fm_status linear_sizes(const char *op, const fm_tensor *inp, const fm_tensor *weight, int *N, int *C, int *OC)
@@ -27,8 +30,13 @@ fm_status fm_linear_forward(fm_tensor *out, const fm_tensor *inp, const fm_tenso
     if (bias)
         FM_TRY(fm_op_check_shape(op, "bias", bias, 1, (const int64_t[]){OC}));
     FM_TRY(fm_op_check_rows_like(op, "out", out, "inp", inp, OC));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_linear_forward(out->data, inp->data, weight->data, bias ? bias->data : NULL, N, C, OC);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_linear_forward(out->data, inp->data, weight->data, bias ? bias->data : NULL, N, C, OC);
     return FM_OK;
 }
@@ -51,8 +59,14 @@ fm_status fm_linear_backward(fm_tensor *dinp, fm_tensor *dweight, fm_tensor *dbi
         FM_TRY(fm_op_check_same_shape(op, "dweight", dweight, "weight", weight));
     if (dbias)
         FM_TRY(fm_op_check_shape(op, "dbias", dbias, 1, (const int64_t[]){OC}));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_linear_backward(dinp ? dinp->data : NULL, dweight ? dweight->data : NULL,
+                                       dbias ? dbias->data : NULL, dout->data, inp->data, weight->data, N, C, OC);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_linear_backward(dinp ? dinp->data : NULL, dweight ? dweight->data : NULL, dbias ? dbias->data : NULL,
                            dout->data, inp->data, weight->data, N, C, OC);
     return FM_OK;

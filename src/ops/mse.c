@@ -1,9 +1,12 @@
 /* Tensor-level dispatch of the mean squared error mean((a − b)²) over any shape (a and b alike, non-empty),
- * loss a scalar. CPU reference only (no CUDA kernel yet). */
+ * loss a scalar. CUDA tensors run kernels/mse.cu. */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 static fm_status mse_size(const char *op, const fm_tensor *a, const fm_tensor *b, size_t *n)
 {
@@ -24,8 +27,13 @@ fm_status fm_mse_forward(fm_tensor *loss, const fm_tensor *a, const fm_tensor *b
     size_t n = 0;
     FM_TRY(mse_size(op, a, b, &n));
     FM_TRY(fm_op_check_scalar(op, "loss", loss));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_mse_forward(loss->data, a->data, b->data, n);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_mse_forward(loss->data, a->data, b->data, n);
     return FM_OK;
 }
@@ -42,8 +50,13 @@ fm_status fm_mse_backward(fm_tensor *da, fm_tensor *db, const fm_tensor *a, cons
         FM_TRY(fm_op_check_same_shape(op, "da", da, "a", a));
     if (db)
         FM_TRY(fm_op_check_same_shape(op, "db", db, "b", b));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_mse_backward(da ? da->data : NULL, db ? db->data : NULL, a->data, b->data, n, dloss);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_mse_backward(da ? da->data : NULL, db ? db->data : NULL, a->data, b->data, n, dloss);
     return FM_OK;
 }

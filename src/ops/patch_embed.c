@@ -1,9 +1,12 @@
 /* Tensor-level ViT patch embedding (P×P convolution, stride P, as im2col + GEMM): checks, then the CPU
- * reference (no CUDA kernel yet). */
+ * reference or, in a CUDA build, the CUDA twin. */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 typedef struct pe_sizes {
     int B, Cin, H, W, P, C, NP, K;
@@ -59,8 +62,14 @@ fm_status fm_patch_embed_forward(fm_tensor *out, fm_tensor *cols, const fm_tenso
         FM_TRY(fm_op_check_shape(op, "bias", bias, 1, (const int64_t[]){s.C}));
     FM_TRY(fm_op_check_shape(op, "cols", cols, 2, (const int64_t[]){(int64_t)s.B * s.NP, s.K}));
     FM_TRY(fm_op_check_shape(op, "out", out, 3, (const int64_t[]){s.B, s.NP, s.C}));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_patch_embed_forward(out->data, cols->data, img->data, weight->data, bias ? bias->data : NULL,
+                                           s.B, s.Cin, s.H, s.W, s.P, s.C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_patch_embed_forward(out->data, cols->data, img->data, weight->data, bias ? bias->data : NULL, s.B, s.Cin,
                                s.H, s.W, s.P, s.C);
     return FM_OK;
@@ -93,8 +102,15 @@ fm_status fm_patch_embed_backward(fm_tensor *dweight, fm_tensor *dbias, fm_tenso
         FM_TRY(fm_op_check_same_shape(op, "dweight", dweight, "weight", weight));
     if (dbias)
         FM_TRY(fm_op_check_shape(op, "dbias", dbias, 1, (const int64_t[]){s.C}));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_patch_embed_backward(dweight ? dweight->data : NULL, dbias ? dbias->data : NULL,
+                                            dimg ? dimg->data : NULL, dout->data, cols->data, weight->data, s.B, s.Cin,
+                                            s.H, s.W, s.P, s.C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_patch_embed_backward(dweight ? dweight->data : NULL, dbias ? dbias->data : NULL, dimg ? dimg->data : NULL,
                                 dout->data, cols->data, weight->data, s.B, s.Cin, s.H, s.W, s.P, s.C);
     return FM_OK;

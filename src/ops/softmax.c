@@ -1,8 +1,12 @@
-/* Tensor-level softmax over the last dim: checks, then the CPU reference (no CUDA kernel yet). */
+/* Tensor-level softmax over the last dim: checks, then the CPU reference or, in a CUDA build,
+ * the CUDA twin. */
 #include "fedmm/ops.h"
 
 #include "cpu/cpu_ops.h"
 #include "ops/dispatch.h"
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/cuda_ops.h"
+#endif
 
 /* Rows (leading dims flattened) and columns (last dim) of `t` as ints. */
 static fm_status softmax_sizes(const char *op, const char *name, const fm_tensor *t, int *N, int *C)
@@ -22,8 +26,13 @@ fm_status fm_softmax_forward(fm_tensor *out, const fm_tensor *inp)
     int N = 0, C = 0;
     FM_TRY(softmax_sizes(op, "inp", inp, &N, &C));
     FM_TRY(fm_op_check_same_shape(op, "out", out, "inp", inp));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_softmax_forward(out->data, inp->data, N, C);
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     fm_cpu_softmax_forward(out->data, inp->data, N, C);
     return FM_OK;
 }
@@ -39,8 +48,13 @@ fm_status fm_softmax_backward(fm_tensor *dinp, const fm_tensor *out, const fm_te
     FM_TRY(fm_op_check_same_shape(op, "dout", dout, "out", out));
     if (dinp)
         FM_TRY(fm_op_check_same_shape(op, "dinp", dinp, "out", out));
-    if (dev == FM_DEVICE_CUDA)
+    if (dev == FM_DEVICE_CUDA) {
+#ifdef FEDMM_WITH_CUDA
+        return dinp ? fm_cuda_softmax_backward(dinp->data, out->data, dout->data, N, C) : FM_OK;
+#else
         return fm_op_no_cuda(op);
+#endif
+    }
     if (dinp)
         fm_cpu_softmax_backward(dinp->data, out->data, dout->data, N, C);
     return FM_OK;

@@ -1,22 +1,24 @@
-/* Gradient check of the attention core (fm_attention_forward / _backward): forward against a float64
- * reference, dq, dk, dv against central differences of it; no mask, causal, key padding (with an empty
- * row) and both together, on an odd shape; plus the dispatcher's refusals. */
+/* Gradient check of the attention core (fm_attention_forward / _backward): forward (out and the saved
+ * row log-sum-exp) against a float64 reference, dq, dk, dv against central differences of it; no mask,
+ * causal, key padding (with an empty row) and both together, on odd shapes; plus the dispatcher's
+ * refusals. Backward recomputes the probabilities from q, k and lse, so it is checked on forward's lse. */
 #include <math.h>
+#include <string.h>
 
 #include "gc_util.h"
 
 #include "fedmm/ops.h"
 
-/* float64 reference: out (B,T,C), att (B,NH,T,T); masked keys and fully masked rows give exact zeros. */
-static void ref_attention(double *out, double *att, const double *q, const double *k, const double *v,
+/* float64 reference: out (B,T,C) and lse (B,NH,T); a row that sees no key outputs zeros, lse −inf. */
+static void ref_attention(double *out, double *lse, const double *q, const double *k, const double *v,
                           const int32_t *len, int causal, int B, int T, int C, int NH)
 {
     const int hs = C / NH;
     const double scale = 1.0 / sqrt((double)hs);
+    double *a = fm_test_alloc((size_t)T * sizeof(double));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int i = 0; i < T; i++) {
-                double *a = att + (((size_t)b * NH + h) * T + i) * T;
                 double *o = out + ((size_t)b * T + i) * C + (size_t)h * hs;
                 const double *qi = q + ((size_t)b * T + i) * C + (size_t)h * hs;
                 double maxv = -INFINITY;
@@ -43,6 +45,7 @@ static void ref_attention(double *out, double *att, const double *q, const doubl
                 }
                 for (int d = 0; d < hs; d++)
                     o[d] = 0.0;
+                lse[((size_t)b * NH + h) * T + i] = any ? maxv + log(sum) : -INFINITY;
                 if (!any)
                     continue;
                 for (int j = 0; j < T; j++) {
@@ -52,65 +55,79 @@ static void ref_attention(double *out, double *att, const double *q, const doubl
                         o[d] += a[j] * vj[d];
                 }
             }
+    free(a);
 }
 
 typedef struct att_case {
     int B, T, C, NH, causal;
     const int32_t *len;
     const double *q, *k, *v, *w; /* w: the random projection of out in the objective */
-    double *out, *att;
+    double *out, *lse;
 } att_case;
 
 static double objective(void *ctx)
 {
     att_case *c = ctx;
-    ref_attention(c->out, c->att, c->q, c->k, c->v, c->len, c->causal, c->B, c->T, c->C, c->NH);
+    ref_attention(c->out, c->lse, c->q, c->k, c->v, c->len, c->causal, c->B, c->T, c->C, c->NH);
     return fm_test_dot(c->w, c->out, (size_t)c->B * c->T * c->C);
 }
 
 static void run_case(uint64_t stream, int B, int T, int C, int NH, int causal, const int32_t *len)
 {
     fm_rng rng = fm_rng_make(fm_test_seed(), stream);
-    const size_t n = (size_t)B * T * C, na = (size_t)B * NH * T * T;
-    const int64_t sx[3] = {B, T, C}, sa[4] = {B, NH, T, T}, sl[1] = {B};
+    const size_t n = (size_t)B * T * C, nl = (size_t)B * NH * T;
+    const int64_t sx[3] = {B, T, C}, sa[3] = {B, NH, T}, sl[1] = {B};
     gc_buf q = gc_rand(&rng, n, -1.5f, 1.5f), k = gc_rand(&rng, n, -1.5f, 1.5f), v = gc_rand(&rng, n, -1.0f, 1.0f);
-    gc_buf out = gc_zeros(n), att = gc_zeros(na), w = gc_rand(&rng, n, -1.0f, 1.0f);
+    gc_buf out = gc_zeros(n), lse = gc_zeros(nl), w = gc_rand(&rng, n, -1.0f, 1.0f);
     int32_t *lens = fm_test_alloc((size_t)B * sizeof(int32_t));
     for (int b = 0; len && b < B; b++)
         lens[b] = len[b];
 
     fm_tensor tq = gc_f32(&q, 3, sx), tk = gc_f32(&k, 3, sx), tv = gc_f32(&v, 3, sx);
-    fm_tensor tout = gc_f32(&out, 3, sx), tatt = gc_f32(&att, 4, sa);
+    fm_tensor tout = gc_f32(&out, 3, sx), tlse = gc_f32(&lse, 3, sa);
     fm_tensor tlen = gc_view(lens, FM_I32, 1, sl);
-    GC_EXPECT(fm_attention_forward(&tout, &tatt, &tq, &tk, &tv, len ? &tlen : NULL, causal, NH), FM_OK);
+    /* outputs start as NaN: every element must be written, masked rows included */
+    for (size_t i = 0; i < n; i++)
+        out.f[i] = NAN;
+    for (size_t i = 0; i < nl; i++)
+        lse.f[i] = NAN;
+    fm_tensor *plen = len ? &tlen : NULL;
+    GC_EXPECT(fm_attention_forward(&tout, &tlse, &tq, &tk, &tv, plen, causal, NH), FM_OK);
 
-    att_case c = {B, T, C, NH, causal, len, q.d, k.d, v.d, w.d, out.d, att.d};
+    att_case c = {B, T, C, NH, causal, len, q.d, k.d, v.d, w.d, out.d, lse.d};
     objective(&c);
     fm_test_assert_close("attention out", out.f, out.d, n, GC_FWD_RTOL, GC_FWD_ATOL);
-    fm_test_assert_close("attention att", att.f, att.d, na, GC_FWD_RTOL, GC_FWD_ATOL);
 
-    /* masks are exact: a hidden key has probability 0.0f, a query that sees no key outputs 0.0f */
+    /* A query that sees no key outputs exact zeros and has lse = −inf; the other rows' lse is compared
+     * (the −inf entries cannot go through a relative comparison, so they are set equal first). */
     const int hs = C / NH;
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int i = 0; i < T; i++) {
-                int seen = 0;
-                for (int j = 0; j < T; j++) {
-                    int visible = (!len || j < len[b]) && (!causal || j <= i);
-                    float p = att.f[(((size_t)b * NH + h) * T + i) * T + j];
-                    seen |= visible;
-                    if (!visible && p != 0.0f)
-                        fail_msg("att[%d,%d,%d,%d] = %g for a masked key", b, h, i, j, (double)p);
+                const size_t li = ((size_t)b * NH + h) * T + (size_t)i;
+                const int seen = !len || len[b] > 0; /* every query sees key 0 unless the row is empty */
+                if (seen) {
+                    assert_true(isfinite(lse.f[li]));
+                    continue;
                 }
-                for (int d = 0; !seen && d < hs; d++)
+                if (!(isinf(lse.f[li]) && lse.f[li] < 0.0f))
+                    fail_msg("lse[%d,%d,%d] = %g for a row that sees no key, expected -inf", b, h, i, (double)lse.f[li]);
+                lse.d[li] = 0.0;
+                lse.f[li] = 0.0f;
+                for (int d = 0; d < hs; d++)
                     assert_true(out.f[((size_t)b * T + i) * C + (size_t)h * hs + (size_t)d] == 0.0f);
             }
+    fm_test_assert_close("attention lse", lse.f, lse.d, nl, GC_FWD_RTOL, GC_FWD_ATOL);
+    objective(&c); /* restores the −inf entries of lse.d ... */
+    for (size_t i = 0; i < nl; i++)
+        if (isinf(lse.d[i]))
+            lse.f[i] = -INFINITY; /* ... and of lse.f, which backward reads */
 
     /* backward twice into random starting gradients: each must end at start + 2·∂L/∂x */
     gc_buf dq = gc_rand(&rng, n, -1.0f, 1.0f), dk = gc_rand(&rng, n, -1.0f, 1.0f), dv = gc_rand(&rng, n, -1.0f, 1.0f);
     fm_tensor tdq = gc_f32(&dq, 3, sx), tdk = gc_f32(&dk, 3, sx), tdv = gc_f32(&dv, 3, sx), tw = gc_f32(&w, 3, sx);
     for (int rep = 0; rep < 2; rep++)
-        GC_EXPECT(fm_attention_backward(&tdq, &tdk, &tdv, &tw, &tq, &tk, &tv, &tatt, NH), FM_OK);
+        GC_EXPECT(fm_attention_backward(&tdq, &tdk, &tdv, &tw, &tq, &tk, &tv, &tout, &tlse, plen, causal, NH), FM_OK);
 
     double *fdq = gc_dalloc(n), *fdk = gc_dalloc(n), *fdv = gc_dalloc(n);
     const gc_window all = {0, n};
@@ -122,7 +139,7 @@ static void run_case(uint64_t stream, int B, int T, int C, int NH, int causal, c
     gc_check_grad("attention dv", dv.f, dv.d, fdv, all, 2.0);
 
     /* a NULL gradient is skipped, the others still accumulate */
-    GC_EXPECT(fm_attention_backward(NULL, &tdk, NULL, &tw, &tq, &tk, &tv, &tatt, NH), FM_OK);
+    GC_EXPECT(fm_attention_backward(NULL, &tdk, NULL, &tw, &tq, &tk, &tv, &tout, &tlse, plen, causal, NH), FM_OK);
     gc_check_grad("attention dq (dq skipped)", dq.f, dq.d, fdq, all, 2.0);
     gc_check_grad("attention dk (third call)", dk.f, dk.d, fdk, all, 3.0);
     gc_check_grad("attention dv (dv skipped)", dv.f, dv.d, fdv, all, 2.0);
@@ -131,7 +148,7 @@ static void run_case(uint64_t stream, int B, int T, int C, int NH, int causal, c
     free(fdk);
     free(fdv);
     free(lens);
-    gc_buf *bufs[] = {&q, &k, &v, &out, &att, &w, &dq, &dk, &dv};
+    gc_buf *bufs[] = {&q, &k, &v, &out, &lse, &w, &dq, &dk, &dv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         gc_free(bufs[i]);
 }
@@ -174,63 +191,69 @@ static void test_dispatch_errors(void **state)
 {
     (void)state;
     enum { B = 2, T = 5, C = 12, NH = 3 };
-    float x[B * T * C] = {1.0f}, o[B * T * C], a[B * NH * T * T], a_small[B * NH * T * (T - 1)];
+    float x[B * T * C] = {1.0f}, o[B * T * C], l[B * NH * T], l_small[B * NH * (T - 1)];
     int32_t lens[B + 1] = {5, 2, 1};
     float lens_f[B] = {5, 2};
-    const int64_t sx[3] = {B, T, C}, sa[4] = {B, NH, T, T}, sas[4] = {B, NH, T, T - 1}, sl[1] = {B};
-    const int64_t sl3[1] = {B + 1}, sk[3] = {B, T - 1, C}, s2[2] = {B * T, C};
-    fm_tensor q = gc_view(x, FM_F32, 3, sx), out = gc_view(o, FM_F32, 3, sx), att = gc_view(a, FM_F32, 4, sa);
+    const int64_t sx[3] = {B, T, C}, sa[3] = {B, NH, T}, sas[3] = {B, NH, T - 1}, sa4[4] = {B, NH, T, 1};
+    const int64_t sl[1] = {B}, sl3[1] = {B + 1}, sk[3] = {B, T - 1, C}, s2[2] = {B * T, C};
+    fm_tensor q = gc_view(x, FM_F32, 3, sx), out = gc_view(o, FM_F32, 3, sx), lse = gc_view(l, FM_F32, 3, sa);
     fm_tensor len = gc_view(lens, FM_I32, 1, sl);
 
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 1, NH), FM_OK);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 1, 5), FM_ERR_SHAPE); /* 12 % 5 */
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 1, 0), FM_ERR_INVALID_ARG);
-    GC_EXPECT(fm_attention_forward(&out, &att, NULL, &q, &q, &len, 1, NH), FM_ERR_INVALID_ARG);
-    fm_tensor att_small = gc_view(a_small, FM_F32, 4, sas);
-    GC_EXPECT(fm_attention_forward(&out, &att_small, &q, &q, &q, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 1, NH), FM_OK);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 1, 5), FM_ERR_SHAPE); /* 12 % 5 */
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 1, 0), FM_ERR_INVALID_ARG);
+    GC_EXPECT(fm_attention_forward(&out, &lse, NULL, &q, &q, &len, 1, NH), FM_ERR_INVALID_ARG);
+    GC_EXPECT(fm_attention_forward(&out, NULL, &q, &q, &q, &len, 1, NH), FM_ERR_INVALID_ARG);
+    fm_tensor lse_small = gc_view(l_small, FM_F32, 3, sas), lse4 = gc_view(l, FM_F32, 4, sa4);
+    GC_EXPECT(fm_attention_forward(&out, &lse_small, &q, &q, &q, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse4, &q, &q, &q, NULL, 0, NH), FM_ERR_SHAPE);
     fm_tensor k_short = gc_view(x, FM_F32, 3, sk);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &k_short, &q, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &k_short, &q, NULL, 0, NH), FM_ERR_SHAPE);
     fm_tensor q2 = gc_view(x, FM_F32, 2, s2);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q2, &q, &q, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q2, &q, &q, NULL, 0, NH), FM_ERR_SHAPE);
 
-    /* lengths: i32, (B), values in [0, T] */
+    /* lengths: i32, (B), values in [0, T], in forward and in backward */
     fm_tensor lf = gc_view(lens_f, FM_F32, 1, sl);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &lf, 0, NH), FM_ERR_DTYPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &lf, 0, NH), FM_ERR_DTYPE);
     fm_tensor l3 = gc_view(lens, FM_I32, 1, sl3);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &l3, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &l3, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, &q, &lse, &l3, 0, NH), FM_ERR_SHAPE);
     lens[1] = T + 1;
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 0, NH), FM_ERR_RANGE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 0, NH), FM_ERR_RANGE);
+    assert_non_null(strstr(fm_last_error(), "lengths[1] = 6"));
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, &q, &lse, &len, 0, NH), FM_ERR_RANGE);
     lens[1] = -1;
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 0, NH), FM_ERR_RANGE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 0, NH), FM_ERR_RANGE);
     lens[1] = T;
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &q, &q, &len, 0, NH), FM_OK);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &q, &q, &len, 0, NH), FM_OK);
 
     /* dtype, contiguity, device */
     fm_tensor qi = gc_view(x, FM_I32, 3, sx);
-    GC_EXPECT(fm_attention_forward(&out, &att, &qi, &q, &q, NULL, 0, NH), FM_ERR_DTYPE);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &qi, &q, &q, NULL, 0, NH), FM_ERR_DTYPE);
     fm_tensor narrow;
     assert_int_equal(fm_tensor_narrow(&narrow, &q, 2, 0, 6), FM_OK);
-    GC_EXPECT(fm_attention_forward(&out, &att, &q, &narrow, &q, NULL, 0, NH), FM_ERR_INVALID_ARG);
+    GC_EXPECT(fm_attention_forward(&out, &lse, &q, &narrow, &q, NULL, 0, NH), FM_ERR_INVALID_ARG);
     fm_tensor qc = q;
     qc.device = FM_DEVICE_CUDA;
-    GC_EXPECT(fm_attention_forward(&out, &att, &qc, &q, &q, NULL, 0, NH), FM_ERR_DEVICE); /* mixed devices */
-    fm_tensor outc = out, attc = att;
+    GC_EXPECT(fm_attention_forward(&out, &lse, &qc, &q, &q, NULL, 0, NH), FM_ERR_DEVICE); /* mixed devices */
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, &q, &lse, NULL, 0, NH), FM_OK);
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &qc, &q, &q, &q, &lse, NULL, 0, NH), FM_ERR_DEVICE);
+#ifndef FEDMM_WITH_CUDA
+    /* (a CUDA build would launch its kernels on these host pointers: tests/gpu covers that path) */
+    fm_tensor outc = out, lsec = lse;
     outc.device = FM_DEVICE_CUDA;
-    attc.device = FM_DEVICE_CUDA;
-#ifdef FEDMM_WITH_CUDA
-    GC_EXPECT(fm_attention_forward(&outc, &attc, &qc, &qc, &qc, NULL, 0, NH), FM_ERR_UNSUPPORTED);
-    GC_EXPECT(fm_attention_backward(&outc, NULL, NULL, &qc, &qc, &qc, &qc, &attc, NH), FM_ERR_UNSUPPORTED);
-#else
-    GC_EXPECT(fm_attention_forward(&outc, &attc, &qc, &qc, &qc, NULL, 0, NH), FM_ERR_DEVICE);
-    GC_EXPECT(fm_attention_backward(&outc, NULL, NULL, &qc, &qc, &qc, &qc, &attc, NH), FM_ERR_DEVICE);
+    lsec.device = FM_DEVICE_CUDA;
+    GC_EXPECT(fm_attention_forward(&outc, &lsec, &qc, &qc, &qc, NULL, 0, NH), FM_ERR_DEVICE);
+    GC_EXPECT(fm_attention_backward(&outc, NULL, NULL, &qc, &qc, &qc, &qc, &qc, &lsec, NULL, 0, NH), FM_ERR_DEVICE);
 #endif
 
-    /* backward: gradients must match q; all-NULL gradients is a no-op */
-    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, &att, NH), FM_OK);
-    GC_EXPECT(fm_attention_backward(&k_short, NULL, NULL, &q, &q, &q, &q, &att, NH), FM_ERR_SHAPE);
-    GC_EXPECT(fm_attention_backward(NULL, NULL, NULL, &q, &q, &q, &q, &att, NH), FM_OK);
-    GC_EXPECT(fm_attention_backward(NULL, NULL, &out, &q, &q, &q, &q, &att_small, NH), FM_ERR_SHAPE);
-    GC_EXPECT(fm_attention_backward(NULL, NULL, &out, &q, &q, &q, &q, &att, 7), FM_ERR_SHAPE);
+    /* backward: gradients must match q, out must match q, lse must be (B, NH, T); all-NULL is a no-op */
+    GC_EXPECT(fm_attention_backward(&k_short, NULL, NULL, &q, &q, &q, &q, &q, &lse, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, &k_short, &lse, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_backward(&out, NULL, NULL, &q, &q, &q, &q, NULL, &lse, NULL, 0, NH), FM_ERR_INVALID_ARG);
+    GC_EXPECT(fm_attention_backward(NULL, NULL, NULL, &q, &q, &q, &q, &q, &lse, NULL, 0, NH), FM_OK);
+    GC_EXPECT(fm_attention_backward(NULL, NULL, &out, &q, &q, &q, &q, &q, &lse_small, NULL, 0, NH), FM_ERR_SHAPE);
+    GC_EXPECT(fm_attention_backward(NULL, NULL, &out, &q, &q, &q, &q, &q, &lse, NULL, 0, 7), FM_ERR_SHAPE);
 }
 
 int main(void)

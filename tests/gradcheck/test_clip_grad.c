@@ -103,10 +103,11 @@ static void test_dispatch_errors(void **state)
     GC_EXPECT(fm_clip_grad_norm(NULL, 1.0f, NULL), FM_ERR_INVALID_ARG);
     fm_tensor tgc = tg;
     tgc.device = FM_DEVICE_CUDA;
-#ifdef FEDMM_WITH_CUDA
-    GC_EXPECT(fm_clip_grad_norm(&tgc, 1.0f, NULL), FM_ERR_UNSUPPORTED);
-#else
+    /* A CUDA build has kernels for this op: it would launch them on these host pointers (tests/gpu covers it). */
+#ifndef FEDMM_WITH_CUDA
     GC_EXPECT(fm_clip_grad_norm(&tgc, 1.0f, NULL), FM_ERR_DEVICE);
+#else
+    (void)tgc;
 #endif
     /* an empty gradient has norm 0 and is left as it is */
     fm_tensor te = gc_view(g, FM_F32, 1, (const int64_t[]){0});

@@ -213,21 +213,21 @@ static void gradcheck(int mode)
         }
         double err;
         double fdi = fd(m, f, NULL, i, h, &err);
-        double excess = fabs(fdi - g[i]) - (1e-4 + 2e-2 * fabs(g[i]) + err);
+        double excess = fabs(fdi - g[i]) - (1e-4 + 2e-2 * fabs((double)g[i]) + err);
         if (excess > worst || isnan(fdi)) {
             worst = isnan(fdi) ? INFINITY : excess;
             worst_i = i;
         }
-        if (fabs(g[i]) > 1e-4)
+        if (fabs((double)g[i]) > 1e-4)
             nonzero++;
         max_abs_err = fmax(max_abs_err, fabs(fdi - g[i]));
         if (getenv("FEDMM_GRADCHECK_VERBOSE") && fabs(fdi - g[i]) > 3e-5)
             fprintf(stderr, "  coord %zu: g %.6g fd %.6g fd5(h) %.6g\n", i, g[i], fdi, fd5(m, f, NULL, i, h));
-        if (fabs(g[i]) > 1e-3)
-            max_rel_err = fmax(max_rel_err, fabs(fdi - g[i]) / fabs(g[i]));
-        if (fabs(g[i]) > gmax)
-            gmax = fabs(g[i]);
-        if (c < ns && fabs(fdi - g[i]) > 1e-4 + 2e-2 * fabs(g[i]) + err)
+        if (fabs((double)g[i]) > 1e-3)
+            max_rel_err = fmax(max_rel_err, fabs(fdi - g[i]) / fabs((double)g[i]));
+        if (fabs((double)g[i]) > gmax)
+            gmax = fabs((double)g[i]);
+        if (c < ns && fabs(fdi - g[i]) > 1e-4 + 2e-2 * fabs((double)g[i]) + err)
             fprintf(stderr, "  slice %s [%zu]: analytic %.6g, finite difference %.6g\n", fm_clip_slice_at(m, c)->name,
                     i - fm_clip_slice_at(m, c)->offset, g[i], fdi);
     }
@@ -579,9 +579,9 @@ static void embedding_gradcheck(int both)
         size_t i = (size_t)fm_rng_below(&rng, n);
         double err;
         double fdi = fd(m, f, NULL, i, 1e-2, &err);
-        if (!(fabs(fdi - g[i]) <= 1e-4 + 2e-2 * fabs(g[i]) + err))
+        if (!(fabs(fdi - g[i]) <= 1e-4 + 2e-2 * fabs((double)g[i]) + err))
             fail_msg("coordinate %zu: analytic %.6g, finite difference %.6g", i, g[i], fdi);
-        gmax = fmax(gmax, fabs(g[i]));
+        gmax = fmax(gmax, fabs((double)g[i]));
     }
     assert_true(gmax > 1e-2);
     for (size_t k = 0; k < fm_clip_num_slices(m); k++) {

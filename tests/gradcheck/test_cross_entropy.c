@@ -164,13 +164,15 @@ static void test_dispatch_errors(void **state)
     fm_tensor txc = tx, tpc = tp, ttc = tt, tlc = tl;
     txc.device = tpc.device = ttc.device = tlc.device = FM_DEVICE_CUDA;
     GC_EXPECT(fm_cross_entropy_forward(&tl, &tp, &tx, &ttc), FM_ERR_DEVICE);
-#ifdef FEDMM_WITH_CUDA
-    const fm_status want = FM_ERR_UNSUPPORTED;
+    /* A CUDA build has kernels for this op: it would launch them on these host pointers (tests/gpu covers it). */
+#ifndef FEDMM_WITH_CUDA
+    GC_EXPECT(fm_cross_entropy_forward(&tlc, &tpc, &txc, &ttc), FM_ERR_DEVICE);
+    GC_EXPECT(fm_cross_entropy_backward(&txc, &tpc, &ttc, 1.0f), FM_ERR_DEVICE);
 #else
-    const fm_status want = FM_ERR_DEVICE;
+    (void)tlc;
+    (void)txc;
+    (void)tpc;
 #endif
-    GC_EXPECT(fm_cross_entropy_forward(&tlc, &tpc, &txc, &ttc), want);
-    GC_EXPECT(fm_cross_entropy_backward(&txc, &tpc, &ttc, 1.0f), want);
 }
 
 int main(void)

@@ -181,13 +181,13 @@ static void test_dispatch_errors(void **state)
     fm_tensor tic = ti, tpc = tp, tlc = tl, tlsc = tls;
     tic.device = tpc.device = tlc.device = tlsc.device = FM_DEVICE_CUDA;
     GC_EXPECT(fm_infonce_forward(&tl, &tp, &tpt, &tic, &ti, &tls), FM_ERR_DEVICE);
-#ifdef FEDMM_WITH_CUDA
-    const fm_status want = FM_ERR_UNSUPPORTED;
+    /* A CUDA build has kernels for this op: it would launch them on these host pointers (tests/gpu covers it). */
+#ifndef FEDMM_WITH_CUDA
+    GC_EXPECT(fm_infonce_forward(&tlc, &tpc, &tpc, &tic, &tic, &tlsc), FM_ERR_DEVICE);
+    GC_EXPECT(fm_infonce_backward(&tic, NULL, NULL, &tic, &tic, &tpc, &tpc, &tlsc, 1.0f), FM_ERR_DEVICE);
 #else
-    const fm_status want = FM_ERR_DEVICE;
+    (void)tlc;
 #endif
-    GC_EXPECT(fm_infonce_forward(&tlc, &tpc, &tpc, &tic, &tic, &tlsc), want);
-    GC_EXPECT(fm_infonce_backward(&tic, NULL, NULL, &tic, &tic, &tpc, &tpc, &tlsc, 1.0f), want);
 }
 
 int main(void)

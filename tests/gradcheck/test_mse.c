@@ -104,13 +104,13 @@ static void test_dispatch_errors(void **state)
     fm_tensor tac = ta, tbc = tb, tlc = tl;
     tac.device = tbc.device = tlc.device = FM_DEVICE_CUDA;
     GC_EXPECT(fm_mse_forward(&tl, &tac, &tb), FM_ERR_DEVICE);
-#ifdef FEDMM_WITH_CUDA
-    const fm_status want = FM_ERR_UNSUPPORTED;
+    /* A CUDA build has kernels for this op: it would launch them on these host pointers (tests/gpu covers it). */
+#ifndef FEDMM_WITH_CUDA
+    GC_EXPECT(fm_mse_forward(&tlc, &tac, &tbc), FM_ERR_DEVICE);
+    GC_EXPECT(fm_mse_backward(&tac, NULL, &tac, &tbc, 1.0f), FM_ERR_DEVICE);
 #else
-    const fm_status want = FM_ERR_DEVICE;
+    (void)tlc;
 #endif
-    GC_EXPECT(fm_mse_forward(&tlc, &tac, &tbc), want);
-    GC_EXPECT(fm_mse_backward(&tac, NULL, &tac, &tbc, 1.0f), want);
 }
 
 int main(void)

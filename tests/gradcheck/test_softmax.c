@@ -115,9 +115,7 @@ static void test_softmax_rejects(void **state)
     fm_tensor x_gpu = x;
     x_gpu.device = FM_DEVICE_CUDA;
     GC_EXPECT(fm_softmax_forward(&x, &x_gpu), FM_ERR_DEVICE);
-#ifdef FEDMM_WITH_CUDA
-    GC_EXPECT(fm_softmax_forward(&x_gpu, &x_gpu), FM_ERR_UNSUPPORTED);
-#else
+#ifndef FEDMM_WITH_CUDA /* with CUDA these host buffers would reach a kernel: the gpu tests cover it */
     GC_EXPECT(fm_softmax_forward(&x_gpu, &x_gpu), FM_ERR_DEVICE);
 #endif
 }

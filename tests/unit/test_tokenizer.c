@@ -331,7 +331,8 @@ static void expect_load_error(const fixture *fx, const char *vocab, const char *
     snprintf(mp, sizeof mp, "%s/bad_merges.txt", fx->dir);
     write_text(vp, vocab);
     write_text(mp, merges);
-    fm_tokenizer *tok = (fm_tokenizer *)(uintptr_t)1;
+    static max_align_t poison; /* any non-NULL handle: a failed load must reset it to NULL */
+    fm_tokenizer *tok = (fm_tokenizer *)(void *)&poison;
     fm_status st = fm_tokenizer_load(&tok, vp, mp);
     if (st != want)
         fail_msg("status %d (%s), want %d; message: %s", st, fm_strerror(st), want, fm_last_error());
@@ -650,6 +651,16 @@ static void test_garbage_text(void **state)
     fm_tokenizer_free(builtin);
 }
 
+/* The first n bytes of s in a buffer of exactly n bytes, with no NUL, so that ASan catches a parser reading past
+ * the length it was given. */
+static char *copy_unterminated(const char *s, size_t n)
+{
+    char *c = malloc(n);
+    assert_non_null(c);
+    memcpy(c, s, n);
+    return c;
+}
+
 static void test_garbage_files(void **state)
 {
     (void)state;
@@ -671,11 +682,7 @@ static void test_garbage_files(void **state)
             st = fm_tokenizer_load_buffers(&tok, v, vl, NULL, m, cut, NULL);
             assert_true(st == FM_OK || st == FM_ERR_PARSE);
         } else { /* random bytes flipped in either file */
-            char *vc = malloc(vl), *mc = malloc(ml);
-            assert_non_null(vc);
-            assert_non_null(mc);
-            memcpy(vc, v, vl);
-            memcpy(mc, m, ml);
+            char *vc = copy_unterminated(v, vl), *mc = copy_unterminated(m, ml);
             for (int k = 0; k < 3; k++) {
                 if (fm_rng_below(&rng, 2))
                     vc[fm_rng_below(&rng, vl)] = (char)fm_rng_below(&rng, 256);
