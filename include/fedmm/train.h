@@ -79,8 +79,7 @@ void fm_batch_free(fm_batch *b);
 
 /* Clips the model's accumulated gradient (o->grad_clip; a non-finite norm is FM_ERR_NOT_FINITE and changes
  * nothing) and applies one AdamW step with learning rate lr, weight decay on the slices that take it. */
-fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr,
-                             float *grad_norm);
+fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr, float *grad_norm);
 
 /* One optimizer step: zero grads, forward + backward on `batch` (B samples), clip, AdamW with `lr`.
  * A non-finite loss or gradient norm leaves the parameters untouched and returns FM_ERR_NOT_FINITE. */
@@ -89,7 +88,7 @@ fm_status fm_train_step(fm_clip *model, fm_optimizer *opt, const fm_train_option
 
 typedef struct fm_eval_result {
     fm_retrieval retrieval;
-    double zs_acc;                     /* mean over the attributes below */
+    double zs_acc;                     /* mean over the attributes below; NaN for data without labels */
     double zs_acc_attr[FM_ATTR_COUNT]; /* per attribute of the built-in dataset */
     double loss;                       /* mean contrastive loss over the evaluated batches */
     int64_t pairs;

@@ -145,9 +145,16 @@ static fm_status read_data(fm_cli_run *run)
 {
     const char *dataset;
     FM_TRY(fm_config_str(run->cfg, "data.dataset", "synth", &dataset));
-    if (strcmp(dataset, "synth") != 0)
-        return fm_error(FM_ERR_CONFIG, "data.dataset '%s': only 'synth' (the built-in dataset) is supported so far",
+    if (strcmp(dataset, "captions") == 0) {
+        FM_TRY(fm_config_str(run->cfg, "data.train_file", NULL, &run->train_file));
+        FM_TRY(fm_config_str(run->cfg, "data.test_file", NULL, &run->test_file));
+        if (!run->train_file || !run->test_file)
+            return fm_error(FM_ERR_CONFIG, "data.dataset captions needs data.train_file and data.test_file (JSONL "
+                                           "or COCO captions)");
+    } else if (strcmp(dataset, "synth") != 0) {
+        return fm_error(FM_ERR_CONFIG, "data.dataset '%s': expected synth (the built-in dataset) or captions",
                         dataset);
+    }
     fm_synth_config s = fm_synth_default_config();
     int64_t v;
     double d;
@@ -170,6 +177,16 @@ static fm_status read_data(fm_cli_run *run)
     s.second_shape_prob = (float)d;
     run->synth = s;
     return fm_synth_validate(&run->synth);
+}
+
+fm_status fm_cli_open_dataset(const fm_cli_run *run, fm_split split, fm_dataset **out)
+{
+    const int ctx = run->model.context_length;
+    if (run->train_file) {
+        const char *path = split == FM_SPLIT_TEST ? run->test_file : run->train_file;
+        return fm_dataset_captions(out, path, run->model.image_size, run->tok, ctx);
+    }
+    return fm_dataset_synth(out, &run->synth, split, run->tok, ctx);
 }
 
 fm_status fm_cli_read_optimizer(fm_config *c, fm_train_options *o)
@@ -197,8 +214,8 @@ int fm_cli_setup(const fm_cli_args *args, fm_cli_run *run)
     if (s != FM_OK)
         return fm_cli_fail(cmd, "config", s);
 
-    const char *level, *device;
-    int64_t threads, seed;
+    const char *level = NULL, *device = NULL;
+    int64_t threads = 0, seed = 0;
     s = fm_config_str(run->cfg, "log_level", "info", &level);
     if (s == FM_OK && fm_log_level_parse(level) < 0)
         s = fm_error(FM_ERR_CONFIG, "log_level '%s': expected debug, info, warn, error or off", level);

@@ -37,6 +37,8 @@ typedef struct fm_cli_run {
     uint64_t seed;
     fm_tokenizer *tok;
     fm_synth_config synth;
+    const char *train_file; /* data.dataset: captions — JSONL or COCO files (NULL for the built-in data) */
+    const char *test_file;
     fm_clip_config model;
 } fm_cli_run;
 
@@ -49,6 +51,10 @@ void fm_cli_teardown(fm_cli_run *run);
 /* Prints "fedmm <cmd>: <what>: <fm_last_error()>" to stderr and returns the exit code for status s
  * (2 for bad input: config, parse, shape, range, I/O on inputs; 1 otherwise). */
 int fm_cli_fail(const char *cmd, const char *what, fm_status s);
+
+/* The run's dataset for `split` (FM_SPLIT_TRAIN or FM_SPLIT_TEST): the built-in dataset's split, or
+ * data.train_file / data.test_file when data.dataset is captions. */
+fm_status fm_cli_open_dataset(const fm_cli_run *run, fm_split split, fm_dataset **out);
 
 /* Reads the optimizer keys shared by `train` and each site of `sim` (train.batch_size, lr, weight_decay,
  * beta1, beta2, eps, grad_clip) over the values already in *o. */

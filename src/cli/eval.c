@@ -59,7 +59,7 @@ int fm_cli_eval(int argc, char **argv)
     int64_t n;
     const char *ignored;
     fm_status s = fm_config_int(run.cfg, "eval.size", 1000, 2, INT64_C(1) << 40, &n);
-    if (s == FM_OK && n > run.synth.split_size[FM_SPLIT_TEST])
+    if (s == FM_OK && !run.train_file && n > run.synth.split_size[FM_SPLIT_TEST])
         s = fm_error(FM_ERR_CONFIG, "eval.size %lld exceeds data.test_size %lld", (long long)n,
                      (long long)run.synth.split_size[FM_SPLIT_TEST]);
     if (s == FM_OK)
@@ -84,7 +84,7 @@ int fm_cli_eval(int argc, char **argv)
         s = fm_clip_load(model, args.model_path);
     if (s == FM_OK) {
         what = "evaluate";
-        s = fm_dataset_synth(&test, &run.synth, FM_SPLIT_TEST, run.tok, run.model.context_length);
+        s = fm_cli_open_dataset(&run, FM_SPLIT_TEST, &test);
     }
     if (s == FM_OK)
         s = fm_evaluate(model, test, n, &ev);

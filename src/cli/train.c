@@ -53,7 +53,7 @@ static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_sett
     FM_TRY(fm_config_str(c, "metrics", NULL, &metrics));
     t->out_dir = args->out_dir ? args->out_dir : out;
     t->metrics_path = args->metrics_path ? args->metrics_path : metrics;
-    if (t->eval_size > run->synth.split_size[FM_SPLIT_TEST])
+    if (!run->train_file && t->eval_size > run->synth.split_size[FM_SPLIT_TEST])
         return fm_error(FM_ERR_CONFIG, "train.eval_size %lld exceeds data.test_size %lld", (long long)t->eval_size,
                         (long long)run->synth.split_size[FM_SPLIT_TEST]);
     return FM_OK;
@@ -142,9 +142,9 @@ int fm_cli_train(int argc, char **argv)
     if (s == FM_OK)
         s = fm_optimizer_create(&opt, model);
     if (s == FM_OK)
-        s = fm_dataset_synth(&train, &run.synth, FM_SPLIT_TRAIN, run.tok, run.model.context_length);
+        s = fm_cli_open_dataset(&run, FM_SPLIT_TRAIN, &train);
     if (s == FM_OK)
-        s = fm_dataset_synth(&test, &run.synth, FM_SPLIT_TEST, run.tok, run.model.context_length);
+        s = fm_cli_open_dataset(&run, FM_SPLIT_TEST, &test);
     if (s == FM_OK)
         s = fm_sampler_init(&sampler, NULL, fm_dataset_size(train), o->seed);
     if (s == FM_OK)

@@ -233,8 +233,7 @@ static fm_status vec_view(fm_tensor *t, float *p, size_t n, fm_device dev)
     return fm_tensor_view(t, p, n * sizeof(float), 0, FM_F32, dev, 1, shape);
 }
 
-fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr,
-                             float *grad_norm)
+fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_options *o, double lr, float *grad_norm)
 {
     fm_tensor p, g, m, v;
     const fm_device dev = opt->device;
@@ -330,10 +329,16 @@ fm_status fm_evaluate(fm_clip *model, const fm_dataset *ds, int64_t n, fm_eval_r
     }
     if (s == FM_OK)
         s = fm_retrieval_recall(img, txt, (int)n, E, &out->retrieval);
-    /* zero-shot: one prompt per class of each attribute */
+    /* zero-shot: one prompt per class of each attribute (datasets with labels only) */
     int32_t *ptok = NULL, *peot = NULL;
     float *pemb = NULL;
-    for (int a = 0; s == FM_OK && a < FM_ATTR_COUNT; a++) {
+    const int labelled = fm_dataset_has_labels(ds);
+    if (!labelled) {
+        out->zs_acc = NAN;
+        for (int a = 0; a < FM_ATTR_COUNT; a++)
+            out->zs_acc_attr[a] = NAN;
+    }
+    for (int a = 0; s == FM_OK && labelled && a < FM_ATTR_COUNT; a++) {
         int K = fm_synth_num_classes((fm_attribute)a);
         ptok = realloc(ptok, (size_t)K * ctx * sizeof(int32_t));
         peot = realloc(peot, (size_t)K * sizeof(int32_t));

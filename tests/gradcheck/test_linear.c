@@ -142,6 +142,10 @@ static void test_linear_rejects(void **state)
     x_gpu.device = b_gpu.device = out_gpu.device = FM_DEVICE_CUDA;
 #ifndef FEDMM_WITH_CUDA /* with CUDA these host buffers would reach a kernel: the gpu tests cover it */
     GC_EXPECT(fm_linear_forward(&out_gpu, &x_gpu, &W_gpu, &b_gpu), FM_ERR_DEVICE);
+#else
+    (void)x_gpu;
+    (void)b_gpu;
+    (void)out_gpu;
 #endif
 
     fm_tensor dx_bad = gc_view(buf, FM_F32, 2, (const int64_t[]){7, 5});
