@@ -1,7 +1,7 @@
 /* CUDA twins of the CPU reference ops in src/cpu/cpu_ops.h: same names with fm_cuda_ for fm_cpu_, same
- * arguments (but returning fm_status), device pointers, launched on fedmm's stream. They return FM_ERR_CUDA (with file, line and
- * CUDA's message in fm_last_error()) if a launch fails. Declared here only for the ops that have a
- * kernel; the dispatcher in src/ops/ answers FM_ERR_UNSUPPORTED for CUDA tensors of the others. */
+ * arguments (but returning fm_status), device pointers, launched on fedmm's stream. They return FM_ERR_CUDA (with file,
+ * line and CUDA's message in fm_last_error()) if a launch fails. Declared here only for the ops that have a kernel; the
+ * dispatcher in src/ops/ answers FM_ERR_UNSUPPORTED for CUDA tensors of the others. */
 #ifndef FEDMM_CUDA_OPS_H
 #define FEDMM_CUDA_OPS_H
 
@@ -21,8 +21,8 @@ fm_status fm_cuda_gelu_forward(float *out, const float *inp, size_t n);
 fm_status fm_cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 fm_status fm_cuda_quick_gelu_forward(float *out, const float *inp, size_t n);
 fm_status fm_cuda_quick_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
-fm_status fm_cuda_adamw_update(float *params, const float *grads, float *m, float *v, size_t n,
-                               fm_adamw_hparams hp, int t);
+fm_status fm_cuda_adamw_update(float *params, const float *grads, float *m, float *v, size_t n, fm_adamw_hparams hp,
+                               int t);
 
 /* ---- attention, losses, gradient clipping (kernels/attention.cu, infonce.cu, cross_entropy.cu, mse.cu,
  * clip_grad.cu). Where they differ from the CPU twins: scalars the CPU reads from host memory stay on
@@ -32,12 +32,12 @@ fm_status fm_cuda_adamw_update(float *params, const float *grads, float *m, floa
  * device pointer already checked to lie in [0, T]. */
 fm_status fm_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                     const int32_t *lengths, int causal, int B, int T, int C, int NH);
-fm_status fm_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                     const float *k, const float *v, const float *out, const float *lse,
-                                     const int32_t *lengths, int causal, int B, int T, int C, int NH);
+fm_status fm_cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                     const float *v, const float *out, const float *lse, const int32_t *lengths,
+                                     int causal, int B, int T, int C, int NH);
 /* logit_scale: a device scalar, read by the kernels (a NaN or Inf one gives NaN outputs, unchecked). */
-fm_status fm_cuda_infonce_forward(float *loss, float *probs_i2t, float *probs_t2i, const float *img,
-                                  const float *txt, const float *logit_scale, int N, int D);
+fm_status fm_cuda_infonce_forward(float *loss, float *probs_i2t, float *probs_t2i, const float *img, const float *txt,
+                                  const float *logit_scale, int N, int D);
 fm_status fm_cuda_infonce_backward(float *dimg, float *dtxt, float *dlogit_scale, const float *img, const float *txt,
                                    const float *probs_i2t, const float *probs_t2i, const float *logit_scale, int N,
                                    int D, float dloss);
@@ -75,17 +75,22 @@ fm_status fm_cuda_softmax_backward(float *dinp, const float *out, const float *d
  * other rows are done). Both read a flag back, which waits for fedmm's stream. Backward takes V, unlike its
  * CPU twin, to check the ids it scatters by; dwte is accumulated with float atomics (repeated ids: the
  * order of their additions, hence the last bits, may vary between runs); dwpe is deterministic. */
-fm_status fm_cuda_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
-                                    int T, int C, int V);
-fm_status fm_cuda_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
-                                     int T, int C, int V);
-fm_status fm_cuda_patch_embed_forward(float *out, float *cols, const float *img, const float *weight,
-                                      const float *bias, int B, int Cin, int H, int W, int P, int C);
-fm_status fm_cuda_patch_embed_backward(float *dweight, float *dbias, float *dimg, const float *dout,
-                                       const float *cols, const float *weight, int B, int Cin, int H, int W, int P,
-                                       int C);
+fm_status fm_cuda_embedding_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B, int T,
+                                    int C, int V);
+fm_status fm_cuda_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B, int T,
+                                     int C, int V);
+fm_status fm_cuda_patch_embed_forward(float *out, float *cols, const float *img, const float *weight, const float *bias,
+                                      int B, int Cin, int H, int W, int P, int C);
+fm_status fm_cuda_patch_embed_backward(float *dweight, float *dbias, float *dimg, const float *dout, const float *cols,
+                                       const float *weight, int B, int Cin, int H, int W, int P, int C);
 fm_status fm_cuda_l2norm_forward(float *out, float *norm, const float *inp, int N, int C);
 fm_status fm_cuda_l2norm_backward(float *dinp, const float *dout, const float *out, const float *norm, int N, int C);
+
+/* ---- inverted dropout (kernels/dropout.cu): the mask of the CPU twin bit for bit (the same Philox-4x32-10
+ * counter scheme and integer keep threshold); backward multiplies without FMA contraction, as the CPU. */
+fm_status fm_cuda_dropout_forward(float *out, float *mask, const float *inp, size_t n, float p, uint64_t seed,
+                                  uint64_t stream);
+fm_status fm_cuda_dropout_backward(float *dinp, const float *dout, const float *mask, size_t n);
 
 #ifdef __cplusplus
 }

@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libopenblas-dev libfyaml-dev libcjson-dev libsodium-dev libzstd-dev libcmocka-dev
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libpng-dev libjpeg-dev
-      clang-format clang-tidy openssl)
+      clang-format clang-tidy openssl python3 python3-matplotlib)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

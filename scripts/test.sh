@@ -28,7 +28,8 @@ fi
 
 if [ "${FEDMM_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== ASan + UBSan build and tests (CPU backend)"
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFEDMM_SANITIZE=ON -DFEDMM_WERROR=ON \
+  # -O2 -g: the sanitizers see the same code paths at about a third of -O0's run time
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEDMM_SANITIZE=ON -DFEDMM_WERROR=ON \
         -DFEDMM_WITH_CUDA=OFF >/dev/null
   cmake --build build-asan -j "$jobs"
   # OpenBLAS and OpenMP keep thread pools alive at exit: not leaks of ours.

@@ -60,9 +60,11 @@ int main(int argc, char **argv)
     if ((s = fm_dataset_batch(ds, idx, B, images, tokens, eot, NULL)) != FM_OK)
         return die("batch", s);
     float loss = 0.0f;
-    if ((s = fm_clip_zero_grad(m)) != FM_OK || (s = fm_clip_forward_backward(m, images, tokens, eot, B, &loss)) != FM_OK)
+    if ((s = fm_clip_zero_grad(m)) != FM_OK ||
+        (s = fm_clip_forward_backward(m, images, tokens, eot, B, &loss)) != FM_OK)
         return die("forward_backward", s);
-    if ((s = fm_clip_encode_images(m, images, B, img)) != FM_OK || (s = fm_clip_encode_texts(m, tokens, eot, B, txt)) != FM_OK)
+    if ((s = fm_clip_encode_images(m, images, B, img)) != FM_OK ||
+        (s = fm_clip_encode_texts(m, tokens, eot, B, txt)) != FM_OK)
         return die("encode", s);
     snprintf(path, sizeof path, "%s/weights.safetensors", dir);
     if ((s = fm_clip_save(m, path)) != FM_OK)

@@ -76,7 +76,7 @@ typedef struct fm_clip_config {
     /* what trains */
     int lora_rank;             /* r ≥ 0; 0 = no adapters */
     float lora_alpha;          /* scaling = alpha / r */
-    float lora_dropout;        /* must be 0 for now (no dropout op yet) */
+    float lora_dropout;        /* in [0, 1): PEFT's dropout on the adapters' input, training passes only */
     unsigned lora_targets;     /* FM_LORA_* bits */
     fm_clip_tower lora_towers; /* VISION, TEXT or BOTH */
     int train_projections;     /* 1: visual_projection and text_projection train too (LoRA mode) */
@@ -183,6 +183,16 @@ fm_status fm_clip_forward(fm_clip *m, const float *images, const int32_t *tokens
  * the last pass through the model was not fm_clip_forward (any other call reuses the activations), or for a
  * gradient of a tower that fm_clip_forward did not run. logit_scale gets no gradient here. */
 fm_status fm_clip_backward(fm_clip *m, const float *d_img_emb, const float *d_txt_emb);
+
+/* LoRA dropout (lora_dropout = p > 0), as PEFT: y = x·Wᵀ + b + (alpha/r)·(dropout(x)·Aᵀ)·Bᵀ, inverted dropout
+ * (kept inputs scaled by 1/(1 − p)) on the adapter's input only, in the training passes
+ * (fm_clip_forward_backward, fm_clip_forward) and never in fm_clip_loss or the encode functions. Each training
+ * forward draws its masks for the model's current dropout step, then advances the step by one; a mask depends
+ * only on (model seed, step, tower, layer, adapted linear), so it is the same on any device and thread count,
+ * differs between adapters and between steps, and setting the step back replays the same masks (a resumed run,
+ * or a gradient check that holds the masks fixed). The step starts at 0 and means nothing when p = 0. */
+uint64_t fm_clip_dropout_step(const fm_clip *m);
+fm_status fm_clip_set_dropout_step(fm_clip *m, uint64_t step);
 
 /* The current logit scale as used: exp(min(logit_scale, ln 100)). */
 fm_status fm_clip_logit_scale(fm_clip *m, float *scale);

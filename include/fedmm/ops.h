@@ -90,6 +90,15 @@ fm_status fm_adamw_update(fm_tensor *params, const fm_tensor *grads, fm_tensor *
  * non-finite norm returns FM_ERR_NOT_FINITE and leaves g unchanged. */
 fm_status fm_clip_grad_norm(fm_tensor *g, float max_norm, float *norm_before);
 
+/* Inverted dropout, as torch.nn.Dropout in training: out = inp·mask with mask (inp's shape, f32) = 1/(1 − p)
+ * where an element is kept (probability 1 − p) and 0 elsewhere; p in [0, 1) (FM_ERR_INVALID_ARG otherwise),
+ * 0 gives out = inp. The mask depends only on (seed, stream, element index) — Philox-4x32-10 with key seed
+ * and counter (stream, i/4), word i%4 — so it is the same for any thread count and on either device; use a
+ * different stream for every independent draw. out may be inp. Backward: dinp += dout·mask. */
+fm_status fm_dropout_forward(fm_tensor *out, fm_tensor *mask, const fm_tensor *inp, float p, uint64_t seed,
+                             uint64_t stream);
+fm_status fm_dropout_backward(fm_tensor *dinp, const fm_tensor *dout, const fm_tensor *mask);
+
 #ifdef __cplusplus
 }
 #endif

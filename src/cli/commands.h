@@ -6,5 +6,9 @@
 int fm_cli_version(int argc, char **argv);
 int fm_cli_train(int argc, char **argv);
 int fm_cli_eval(int argc, char **argv);
+int fm_cli_sim(int argc, char **argv);
+int fm_cli_bench(int argc, char **argv);
+int fm_cli_server(int argc, char **argv);
+int fm_cli_client(int argc, char **argv);
 
 #endif

@@ -152,8 +152,7 @@ static fm_status read_data(fm_cli_run *run)
             return fm_error(FM_ERR_CONFIG, "data.dataset captions needs data.train_file and data.test_file (JSONL "
                                            "or COCO captions)");
     } else if (strcmp(dataset, "synth") != 0) {
-        return fm_error(FM_ERR_CONFIG, "data.dataset '%s': expected synth (the built-in dataset) or captions",
-                        dataset);
+        return fm_error(FM_ERR_CONFIG, "data.dataset '%s': expected synth (the built-in dataset) or captions", dataset);
     }
     fm_synth_config s = fm_synth_default_config();
     int64_t v;

@@ -11,8 +11,12 @@ static void usage(FILE *out)
     fprintf(out, "usage: fedmm <command> [options]\n"
                  "\n"
                  "commands:\n"
+                 "  sim      a whole federation in one process  (fedmm sim --config FILE [--set k=v ...])\n"
                  "  train    centralized training on one site   (fedmm train --config FILE [--set k=v ...])\n"
+                 "  server   federation server over gRPC       (fedmm server --config FILE --listen HOST:PORT)\n"
+                 "  client   one federated site over gRPC      (fedmm client --config FILE --site N --server H:P)\n"
                  "  eval     retrieval and zero-shot metrics    (fedmm eval --model FILE [--config FILE])\n"
+                 "  bench    scenario matrix -> tables + plots   (fedmm bench --suite NAME [--quick] [--out DIR])\n"
                  "  version  print the version and which backends this build has\n"
                  "\n"
                  "Run 'fedmm <command> --help' for a command's options.\n");
@@ -45,8 +49,16 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "train") == 0)
         return fm_cli_train(argc - 1, argv + 1);
+    if (strcmp(cmd, "sim") == 0)
+        return fm_cli_sim(argc - 1, argv + 1);
+    if (strcmp(cmd, "server") == 0)
+        return fm_cli_server(argc - 1, argv + 1);
+    if (strcmp(cmd, "client") == 0)
+        return fm_cli_client(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0)
         return fm_cli_eval(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0)
+        return fm_cli_bench(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return fm_cli_version(argc - 1, argv + 1);
     fprintf(stderr, "fedmm: unknown command '%s'\n", cmd);

@@ -154,6 +154,9 @@ int fm_cli_train(int argc, char **argv)
     if (s == FM_OK && args.resume && stat(ckpt, &st) == 0) {
         what = "resume";
         s = fm_checkpoint_load(model, opt, ckpt);
+        /* LoRA dropout draws one set of masks per training forward: continue the sequence */
+        if (s == FM_OK)
+            s = fm_clip_set_dropout_step(model, (uint64_t)fm_optimizer_step_count(opt));
         /* The data order is a function of the seed: replay the draws of the finished steps. */
         for (int64_t i = 0; s == FM_OK && i < fm_optimizer_step_count(opt); i++)
             fm_sampler_next(&sampler, batch.idx, o->batch_size);

@@ -53,12 +53,12 @@ void fm_cpu_attention_forward(float *out,                                     /*
                               const float *q, const float *k, const float *v, /* (B, T, C) */
                               const int32_t *lengths,                         /* (B) or NULL */
                               int causal, int B, int T, int C, int NH);
-void fm_cpu_attention_backward(float *dq, float *dk, float *dv,                 /* (B, T, C) or NULL */
-                               const float *dout,                               /* (B, T, C) */
-                               const float *q, const float *k, const float *v,  /* (B, T, C) */
-                               const float *out,                                /* (B, T, C) forward's */
-                               const float *lse,                                /* (B, NH, T) forward's */
-                               const int32_t *lengths,                          /* (B) or NULL */
+void fm_cpu_attention_backward(float *dq, float *dk, float *dv,                /* (B, T, C) or NULL */
+                               const float *dout,                              /* (B, T, C) */
+                               const float *q, const float *k, const float *v, /* (B, T, C) */
+                               const float *out,                               /* (B, T, C) forward's */
+                               const float *lse,                               /* (B, NH, T) forward's */
+                               const int32_t *lengths,                         /* (B) or NULL */
                                int causal, int B, int T, int C, int NH);
 
 /* ---- activations, elementwise over n ----------------------------------------------------------- */
@@ -143,5 +143,16 @@ void fm_cpu_adamw_update(float *params, const float *grads, float *m, float *v, 
 double fm_cpu_sum_squares(const float *x, size_t n);
 /* Scales g by max_norm/‖g‖ when ‖g‖ > max_norm. Returns ‖g‖ before clipping. */
 float fm_cpu_clip_grad_norm(float *g, size_t n, float max_norm);
+
+/* ---- inverted dropout: out = inp·mask, mask = 1/(1 − p) (kept) or 0 ------------------------------------
+ * Element i is kept iff word i%4 of the Philox-4x32-10 block with key `seed` and counter (stream, i/4) is
+ * ≥ ⌈p·2³²⌉: the mask depends only on (seed, stream, i), whatever the thread count, and the CUDA twin draws
+ * the same one. The kept scale is the float 1.0f/(1.0f − p); p in [0, 1) (0: out = inp, mask all 1). mask
+ * is saved for backward; out may be inp. Backward: dinp += dout·mask. */
+void fm_cpu_dropout_forward(float *out,       /* (n) */
+                            float *mask,      /* (n) saved */
+                            const float *inp, /* (n) */
+                            size_t n, float p, uint64_t seed, uint64_t stream);
+void fm_cpu_dropout_backward(float *dinp, const float *dout, const float *mask, size_t n); /* (n) each */
 
 #endif

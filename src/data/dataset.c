@@ -126,8 +126,7 @@ fm_status fm_dataset_batch(const fm_dataset *ds, const int64_t *idx, int B, floa
         }
     }
     if (status != FM_OK)
-        return fm_error(status, "dataset (%s): %s", ds->from_file ? "caption file" : fm_split_name(ds->split),
-                        message);
+        return fm_error(status, "dataset (%s): %s", ds->from_file ? "caption file" : fm_split_name(ds->split), message);
     return FM_OK;
 }
 

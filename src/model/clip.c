@@ -145,6 +145,9 @@ static fm_status add_tower(fm_clip *m, clip_tower *tw)
         FM_TRY(add_linear(m, &ly->fc1, MOD("mlp.fc1"), W, tw->M, 1, fc_std, !!(tg & FM_LORA_FC1), l, tw->id));
         FM_TRY(add_linear(m, &ly->fc2, MOD("mlp.fc2"), tw->M, W, 1, in_std, !!(tg & FM_LORA_FC2), l, tw->id));
 #undef MOD
+        clip_linear *lins[6] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->fc1, &ly->fc2};
+        for (int j = 0; j < 6; j++)
+            lins[j]->lora_id = CLIP_LORA_ID(tw->id, l, j);
     }
     snprintf(name, sizeof name, "%s.%s", pre, tw->id == FM_CLIP_TOWER_VISION ? "post_layernorm" : "final_layer_norm");
     FM_TRY(add_layernorm(m, &tw->final_ln_w, &tw->final_ln_b, name, W, -1, tw->id));
@@ -362,6 +365,20 @@ float *fm_clip_trainable(fm_clip *m) { return m ? m->trainable : NULL; }
 float *fm_clip_trainable_grad(fm_clip *m) { return m ? m->grad : NULL; }
 size_t fm_clip_num_slices(const fm_clip *m) { return m ? m->n_slices : 0; }
 int fm_clip_lora_merged(const fm_clip *m) { return m ? m->merged : 0; }
+uint64_t fm_clip_dropout_step(const fm_clip *m) { return m ? m->dropout_step : 0; }
+
+fm_status fm_clip_set_dropout_step(fm_clip *m, uint64_t step)
+{
+    if (!m)
+        return fm_error(FM_ERR_INVALID_ARG, "clip set_dropout_step: NULL model");
+    m->dropout_step = step;
+    return FM_OK;
+}
+
+int clip_has_dropout(const fm_clip *m)
+{
+    return !m->cfg.full_finetune && m->cfg.lora_rank > 0 && m->cfg.lora_dropout > 0.0f;
+}
 
 const fm_clip_slice *fm_clip_slice_at(const fm_clip *m, size_t i)
 {
@@ -425,7 +442,7 @@ static void carve(carver *c, fm_tensor *out, fm_dtype dtype, int ndim, const int
 #define CARVE(t, dtype, ...) carve(c, &(t), dtype, SHAPE(__VA_ARGS__))
 
 static void carve_lora(carver *c, const clip_linear *lin, clip_lora_acts *la, int64_t B, int64_t T, int64_t r,
-                       int scaled)
+                       int scaled, int dropout)
 {
     if (!lin->lora)
         return;
@@ -434,13 +451,15 @@ static void carve_lora(carver *c, const clip_linear *lin, clip_lora_acts *la, in
         CARVE(la->ts, FM_F32, B, T, r);
     else if (c->arena)
         la->ts = la->t; /* no scaling GEMM: ts aliases t */
+    if (dropout)
+        CARVE(la->mask, FM_F32, B, T, lin->in);
 }
 
 static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
 {
     clip_tower_acts *a = &tw->acts;
     int64_t T = tw->T, W = tw->W, M = tw->M, NH = tw->NH, E = m->cfg.embed_dim, r = m->cfg.lora_rank;
-    int scaled = m->lora_scaling != 1.0f;
+    int scaled = m->lora_scaling != 1.0f, dropout = clip_has_dropout(m);
     if (tw->id == FM_CLIP_TOWER_VISION) {
         int64_t H = m->cfg.image_size, P = m->cfg.patch_size, NP = T - 1;
         CARVE(a->input, FM_F32, B, 3, H, H);
@@ -471,12 +490,12 @@ static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
         CARVE(la->ln2_rstd, FM_F32, B, T);
         CARVE(la->h, FM_F32, B, T, M);
         CARVE(la->g, FM_F32, B, T, M);
-        carve_lora(c, &ly->q, &la->lq, B, T, r, scaled);
-        carve_lora(c, &ly->k, &la->lk, B, T, r, scaled);
-        carve_lora(c, &ly->v, &la->lv, B, T, r, scaled);
-        carve_lora(c, &ly->o, &la->lo, B, T, r, scaled);
-        carve_lora(c, &ly->fc1, &la->lfc1, B, T, r, scaled);
-        carve_lora(c, &ly->fc2, &la->lfc2, B, T, r, scaled);
+        carve_lora(c, &ly->q, &la->lq, B, T, r, scaled, dropout);
+        carve_lora(c, &ly->k, &la->lk, B, T, r, scaled, dropout);
+        carve_lora(c, &ly->v, &la->lv, B, T, r, scaled, dropout);
+        carve_lora(c, &ly->o, &la->lo, B, T, r, scaled, dropout);
+        carve_lora(c, &ly->fc1, &la->lfc1, B, T, r, scaled, dropout);
+        carve_lora(c, &ly->fc2, &la->lfc2, B, T, r, scaled, dropout);
     }
     CARVE(a->pooled, FM_F32, B, W);
     CARVE(a->pooled_ln, FM_F32, B, W);
@@ -519,6 +538,10 @@ static void carve_all(carver *c, fm_clip *m, int64_t B)
     CARVE(m->dpool, FM_F32, BW);
     CARVE(m->dpool_ln, FM_F32, BW);
     CARVE(m->dproj, FM_F32, B * E);
+    if (clip_has_dropout(m)) { /* nothing at all without dropout: that path's memory is as before */
+        CARVE(m->drop_x, FM_F32, max64(BTW, BTM));
+        CARVE(m->drop_dx, FM_F32, max64(BTW, BTM));
+    }
     carve_tower(c, m, &m->vision, B);
     carve_tower(c, m, &m->text, B);
 }

@@ -297,9 +297,9 @@ fm_status fm_clip_config_validate(const fm_clip_config *cfg)
             if (cfg->lora_towers < FM_CLIP_TOWER_VISION || cfg->lora_towers > FM_CLIP_TOWER_BOTH)
                 return fm_error(FM_ERR_CONFIG, "model config: lora_towers must be vision, text or both");
         }
-        if (cfg->lora_dropout != 0.0f)
-            return fm_error(FM_ERR_CONFIG, "model config: lora_dropout %g is not supported yet (only 0)",
-                            cfg->lora_dropout);
+        if (!(cfg->lora_dropout >= 0.0f && cfg->lora_dropout < 1.0f))
+            return fm_error(FM_ERR_CONFIG, "model config: lora_dropout %g is out of range [0, 1)",
+                            (double)cfg->lora_dropout);
     }
     return FM_OK;
 }

@@ -16,13 +16,22 @@ static const float LOGIT_SCALE_MAX = 4.605170186f; /* ln(100), CLIP's clamp */
 
 /* ---- linear with an optional adapter ------------------------------------------------------------- */
 
-/* y (B, T, out) = x·Wᵀ + b [+ scaling·(x·Aᵀ)·Bᵀ]. */
+/* y (B, T, out) = x·Wᵀ + b [+ scaling·(xa·Aᵀ)·Bᵀ], xa = dropout(x) in a training pass with lora_dropout > 0
+ * (its mask kept in la->mask), else x. */
 static fm_status linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts *la, fm_tensor *y, const fm_tensor *x)
 {
     FM_TRY(fm_linear_forward(y, x, &l->w.v, l->has_bias ? &l->b.v : NULL));
     if (!l->lora || m->merged)
         return FM_OK;
-    FM_TRY(fm_linear_forward(&la->t, x, &l->A.v, NULL));
+    const fm_tensor *xa = x;
+    fm_tensor xd;
+    if (m->dropout_on) {
+        FM_TRY(clip_view(&xd, &m->drop_x, x->ndim, x->shape));
+        FM_TRY(fm_dropout_forward(&xd, &la->mask, x, m->cfg.lora_dropout, m->seed ^ CLIP_DROPOUT_KEY,
+                                  m->dropout_pass << 16 | l->lora_id));
+        xa = &xd;
+    }
+    FM_TRY(fm_linear_forward(&la->t, xa, &l->A.v, NULL));
     if (la->ts.data != la->t.data)
         FM_TRY(fm_linear_forward(&la->ts, &la->t, &m->lora_S, NULL));
     fm_tensor u;
@@ -31,7 +40,8 @@ static fm_status linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts
     return fm_residual_forward(y, y, &u);
 }
 
-/* dx += dy·W [+ the adapter path]; weight, bias and adapter gradients accumulate where they train. */
+/* dx += dy·W [+ the adapter path]; weight, bias and adapter gradients accumulate where they train. Under LoRA
+ * dropout (backward always follows a training forward) dA uses the dropped input and dx gets mask ⊙ (dt·A). */
 static fm_status linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
                                  const fm_tensor *dy, const fm_tensor *x)
 {
@@ -49,7 +59,17 @@ static fm_status linear_backward(fm_clip *m, const clip_linear *l, const clip_lo
     } else {
         dt = dts;
     }
-    return fm_linear_backward(dx, CLIP_GRAD(l->A), NULL, &dt, x, &l->A.v);
+    if (!clip_has_dropout(m))
+        return fm_linear_backward(dx, CLIP_GRAD(l->A), NULL, &dt, x, &l->A.v);
+    /* xd = 0 + x·mask: forward's x·mask bit for bit (up to the sign of a zero). */
+    fm_tensor xd, dxd;
+    FM_TRY(clip_view(&xd, &m->drop_x, x->ndim, x->shape));
+    FM_TRY(clip_zero(&xd));
+    FM_TRY(fm_dropout_backward(&xd, x, &la->mask));
+    FM_TRY(clip_view(&dxd, &m->drop_dx, x->ndim, x->shape));
+    FM_TRY(clip_zero(&dxd));
+    FM_TRY(fm_linear_backward(dx ? &dxd : NULL, CLIP_GRAD(l->A), NULL, &dt, &xd, &l->A.v));
+    return dx ? fm_dropout_backward(dx, &dxd, &la->mask) : FM_OK;
 }
 
 /* ---- one pre-LN encoder layer -------------------------------------------------------------------- */
@@ -115,8 +135,7 @@ static fm_status layer_backward(fm_clip *m, clip_tower *tw, int l, const fm_tens
     FM_TRY(clip_zero(&dq));
     FM_TRY(clip_zero(&dk));
     FM_TRY(clip_zero(&dv));
-    FM_TRY(fm_attention_backward(&dq, &dk, &dv, &da, &a->q, &a->k, &a->v, &a->a, &a->lse, NULL, tw->causal,
-                                 tw->NH));
+    FM_TRY(fm_attention_backward(&dq, &dk, &dv, &da, &a->q, &a->k, &a->v, &a->a, &a->lse, NULL, tw->causal, tw->NH));
     FM_TRY(clip_zero(&dln));
     FM_TRY(linear_backward(m, &p->q, &a->lq, &dln, &dq, &a->ln1));
     FM_TRY(linear_backward(m, &p->k, &a->lk, &dln, &dk, &a->ln1));
@@ -260,8 +279,27 @@ static fm_status load_texts(fm_clip *m, const char *fn, const int32_t *tokens, c
 
 /* ---- the loss ------------------------------------------------------------------------------------ */
 
-/* Both towers and the InfoNCE loss on B pairs; *loss on the host. */
-static fm_status loss_forward(fm_clip *m, const char *fn, const float *images, const int32_t *tokens,
+/* Starts a training forward: LoRA dropout on (when configured) with this pass's step, the step advanced. */
+static void train_begin(fm_clip *m)
+{
+    m->dropout_on = clip_has_dropout(m);
+    m->dropout_pass = m->dropout_step++;
+}
+
+/* Both towers (dropout on only for `train`) on B pairs. */
+static fm_status towers_forward(fm_clip *m, int train, int B)
+{
+    if (train)
+        train_begin(m);
+    fm_status st = clip_tower_forward(m, &m->vision, B);
+    if (st == FM_OK)
+        st = clip_tower_forward(m, &m->text, B);
+    m->dropout_on = 0;
+    return st;
+}
+
+/* Both towers and the InfoNCE loss on B pairs; *loss on the host. `train`: a training pass (LoRA dropout). */
+static fm_status loss_forward(fm_clip *m, const char *fn, int train, const float *images, const int32_t *tokens,
                               const int32_t *eot_pos, int B, float *loss)
 {
     FM_TRY(check_batch(fn, m, B));
@@ -270,8 +308,7 @@ static fm_status loss_forward(fm_clip *m, const char *fn, const float *images, c
     FM_TRY(clip_ensure_acts(m, B));
     FM_TRY(load_images(m, images, B));
     FM_TRY(load_texts(m, fn, tokens, eot_pos, B));
-    FM_TRY(clip_tower_forward(m, &m->vision, B));
-    FM_TRY(clip_tower_forward(m, &m->text, B));
+    FM_TRY(towers_forward(m, train, B));
     float ls;
     FM_TRY(fm_device_copy(&ls, FM_DEVICE_CPU, m->logit_scale.v.data, m->device, sizeof ls));
     if (!isfinite(ls))
@@ -288,7 +325,7 @@ static fm_status loss_forward(fm_clip *m, const char *fn, const float *images, c
 fm_status fm_clip_loss(fm_clip *m, const float *images, const int32_t *tokens, const int32_t *eot_pos, int B,
                        float *loss)
 {
-    return loss_forward(m, "clip loss", images, tokens, eot_pos, B, loss);
+    return loss_forward(m, "clip loss", 0, images, tokens, eot_pos, B, loss);
 }
 
 fm_status fm_clip_forward_backward(fm_clip *m, const float *images, const int32_t *tokens, const int32_t *eot_pos,
@@ -298,7 +335,7 @@ fm_status fm_clip_forward_backward(fm_clip *m, const float *images, const int32_
     FM_TRY(check_batch(fn, m, B));
     if (m->merged)
         return fm_error(FM_ERR_STATE, "%s: the LoRA adapters are merged; unmerge them before training", fn);
-    FM_TRY(loss_forward(m, fn, images, tokens, eot_pos, B, loss));
+    FM_TRY(loss_forward(m, fn, 1, images, tokens, eot_pos, B, loss));
     FM_TRY(clip_zero(&m->dimg));
     FM_TRY(clip_zero(&m->dtxt));
     /* The clamp is a constant beyond ln(100): no gradient flows to logit_scale there. */
@@ -332,18 +369,20 @@ fm_status fm_clip_forward(fm_clip *m, const float *images, const int32_t *tokens
         return fm_error(FM_ERR_INVALID_ARG, "%s: tokens without eot_pos", fn);
     size_t bytes = (size_t)B * (size_t)m->cfg.embed_dim * sizeof(float);
     FM_TRY(clip_ensure_acts(m, B));
-    if (images) {
-        FM_TRY(load_images(m, images, B));
-        FM_TRY(clip_tower_forward(m, &m->vision, B));
-        if (img_emb)
-            FM_TRY(fm_device_copy(img_emb, FM_DEVICE_CPU, m->vision.acts.normed.data, m->device, bytes));
-    }
-    if (tokens) {
+    if (tokens) /* checked before the step advances or anything runs */
         FM_TRY(load_texts(m, fn, tokens, eot_pos, B));
-        FM_TRY(clip_tower_forward(m, &m->text, B));
-        if (txt_emb)
-            FM_TRY(fm_device_copy(txt_emb, FM_DEVICE_CPU, m->text.acts.normed.data, m->device, bytes));
-    }
+    if (images)
+        FM_TRY(load_images(m, images, B));
+    train_begin(m); /* a training pass: fm_clip_backward follows */
+    fm_status st = images ? clip_tower_forward(m, &m->vision, B) : FM_OK;
+    if (st == FM_OK && tokens)
+        st = clip_tower_forward(m, &m->text, B);
+    m->dropout_on = 0;
+    FM_TRY(st);
+    if (images && img_emb)
+        FM_TRY(fm_device_copy(img_emb, FM_DEVICE_CPU, m->vision.acts.normed.data, m->device, bytes));
+    if (tokens && txt_emb)
+        FM_TRY(fm_device_copy(txt_emb, FM_DEVICE_CPU, m->text.acts.normed.data, m->device, bytes));
     m->fwd_towers = (images ? FM_CLIP_TOWER_VISION : 0) | (tokens ? FM_CLIP_TOWER_TEXT : 0);
     return FM_OK;
 }

@@ -30,16 +30,31 @@ typedef struct clip_linear {
     int has_bias;
     int lora;
     int in, out;
+    uint32_t lora_id; /* names the adapter in its dropout stream: CLIP_LORA_ID(tower, layer, target) */
 } clip_linear;
+
+/* LoRA dropout (PEFT's): the adapter sees dropout(x), y = x·Wᵀ + b + scaling·(dropout(x)·Aᵀ)·Bᵀ, in training
+ * passes only. The mask of an adapted linear is Philox with key seed ^ CLIP_DROPOUT_KEY and counter-high word
+ * (stream) = step << 16 | lora_id, where step is the model's dropout step at that training forward (each
+ * training forward then advances it by one) and lora_id = (tower − 1) << 13 | layer << 3 | target (target
+ * 0..5: q, k, v, out, fc1, fc2; layers < 1024): a fresh, independent mask per adapter and per step, never
+ * overlapping the parameter-initialisation streams (another key). */
+#define CLIP_DROPOUT_KEY 0x4C6F5241446F7030ULL /* "LoRADop0" */
+#define CLIP_LORA_ID(tower, layer, target)                                                                             \
+    ((uint32_t)((((uint32_t)(tower)-1u) << 13) | ((uint32_t)(layer) << 3) | (uint32_t)(target)))
 
 typedef struct clip_layer {
     clip_p ln1_w, ln1_b, ln2_w, ln2_b;
     clip_linear q, k, v, o, fc1, fc2;
 } clip_layer;
 
-/* What an adapted linear keeps for backward: t = x·Aᵀ and ts = scaling·t (B, T, r). */
+/* What an adapted linear keeps for backward: t = xa·Aᵀ and ts = scaling·t (B, T, r), xa the adapter's input;
+ * under LoRA dropout also the mask (B, T, in): 1/(1 − p) or 0 per element, xa = x ⊙ mask. The dropped input
+ * itself is not kept: backward recomputes it from x (kept for the base linear anyway) and the mask, bit for
+ * bit, so each adapter costs one (B, T, in) buffer, not two. */
 typedef struct clip_lora_acts {
     fm_tensor t, ts;
+    fm_tensor mask; /* only when lora_dropout > 0 */
 } clip_lora_acts;
 
 typedef struct clip_layer_acts {
@@ -133,9 +148,14 @@ struct fm_clip {
     fm_tensor lora_S;               /* (r, r) = scaling · I */
     /* scratch shared by the towers, reshaped per use (flat, sized for the larger tower) */
     fm_tensor tmp, tmp_u, dres, dln, dq, dk, dv, da, dh, dg, dt, dts, dpool, dpool_ln, dproj;
-    int loss_clamped; /* the last forward used ln(100) instead of logit_scale */
-    int fwd_towers;   /* towers (FM_CLIP_TOWER_* bits) whose activations fm_clip_forward kept;
-                         0 after any other pass */
+    /* LoRA dropout (see CLIP_DROPOUT_KEY) */
+    uint64_t dropout_step;     /* the step the next training forward uses */
+    uint64_t dropout_pass;     /* the step of the training forward under way */
+    int dropout_on;            /* 1 while a training forward runs with lora_dropout > 0 */
+    fm_tensor drop_x, drop_dx; /* flat scratch (B·T·max(in)): the dropped input and its gradient, p > 0 only */
+    int loss_clamped;          /* the last forward used ln(100) instead of logit_scale */
+    int fwd_towers;            /* towers (FM_CLIP_TOWER_* bits) whose activations fm_clip_forward kept;
+                                  0 after any other pass */
 };
 
 /* --- clip.c --- */
@@ -148,6 +168,8 @@ fm_status clip_sub(fm_tensor *out, const fm_tensor *t, size_t offset, int ndim, 
 fm_status clip_zero(fm_tensor *t);
 /* Samples per chunk for the encode functions. */
 int clip_encode_chunk(fm_clip *m, int B);
+/* Whether the model's adapters use dropout in training (LoRA, rank > 0, lora_dropout > 0). */
+int clip_has_dropout(const fm_clip *m);
 
 /* --- clip_forward.c --- */
 fm_status clip_tower_forward(fm_clip *m, clip_tower *tw, int B);

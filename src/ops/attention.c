@@ -94,10 +94,11 @@ fm_status fm_attention_backward(fm_tensor *dq, fm_tensor *dk, fm_tensor *dv, con
 {
     static const char op[] = "attention_backward";
     const fm_op_arg args[] = {
-        FM_OP_F32_OPT("dq", dq), FM_OP_F32_OPT("dk", dk), FM_OP_F32_OPT("dv", dv),
-        FM_OP_F32("dout", dout), FM_OP_F32("q", q),       FM_OP_F32("k", k),
-        FM_OP_F32("v", v),       FM_OP_F32("out", out),   FM_OP_F32("lse", lse),
-        FM_OP_I32_OPT("lengths", lengths),
+        FM_OP_F32_OPT("dq", dq), FM_OP_F32_OPT("dk", dk),
+        FM_OP_F32_OPT("dv", dv), FM_OP_F32("dout", dout),
+        FM_OP_F32("q", q),       FM_OP_F32("k", k),
+        FM_OP_F32("v", v),       FM_OP_F32("out", out),
+        FM_OP_F32("lse", lse),   FM_OP_I32_OPT("lengths", lengths),
     };
     fm_device dev = FM_DEVICE_CPU;
     FM_TRY(fm_op_check_args(op, args, FM_OP_NARGS(args), &dev));

@@ -99,8 +99,8 @@ fm_status fm_infonce_backward(fm_tensor *dimg, fm_tensor *dtxt, fm_tensor *dlogi
     if (dev == FM_DEVICE_CUDA) {
 #ifdef FEDMM_WITH_CUDA
         return fm_cuda_infonce_backward(dimg ? dimg->data : NULL, dtxt ? dtxt->data : NULL,
-                                        dlogit_scale ? dlogit_scale->data : NULL, img->data, txt->data,
-                                        probs_i2t->data, probs_t2i->data, logit_scale->data, N, D, dloss);
+                                        dlogit_scale ? dlogit_scale->data : NULL, img->data, txt->data, probs_i2t->data,
+                                        probs_t2i->data, logit_scale->data, N, D, dloss);
 #else
         return fm_op_no_cuda(op);
 #endif

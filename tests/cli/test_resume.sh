@@ -14,6 +14,14 @@ else
 fi
 cmp -s "$WORK/straight/checkpoint.safetensors" "$WORK/resumed/checkpoint.safetensors" \
   && pass "optimizer state identical too" || fail "optimizer state differs"
+# the same with LoRA dropout: the masks continue where the stopped run left them
+lora=(--config experiments/train-tiny-lora.yaml --set model.lora_dropout=0.1 --set train.steps=8 --set train.eval_size=100
+      --set data.train_size=2000 --set train.batch_size=16 --set log_level=warn)
+"$FEDMM" train "${lora[@]}" --out "$WORK/drop-straight" >/dev/null
+"$FEDMM" train "${lora[@]}" --out "$WORK/drop-resumed" --set train.stop_after=3 >/dev/null
+"$FEDMM" train "${lora[@]}" --out "$WORK/drop-resumed" --resume >/dev/null
+cmp -s "$WORK/drop-straight/adapters.safetensors" "$WORK/drop-resumed/adapters.safetensors" \
+  && pass "with LoRA dropout too" || fail "LoRA dropout run differs after resume"
 # a corrupt checkpoint is refused, and the good one beside it is not overwritten by the refusal
 cp "$WORK/resumed/checkpoint.safetensors" "$WORK/good.safetensors"
 head -c 200 "$WORK/good.safetensors" >"$WORK/resumed/checkpoint.safetensors"

@@ -206,11 +206,11 @@ static void check_attention(uint64_t stream, int B, int T, int C, int NH, int ca
     expect_close("attention dv (accumulated twice)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
     /* NULL gradients are skipped: one pass for dk alone, then dq and dv alone */
     fm_cpu_attention_backward(NULL, gk, NULL, dout, q, k, v, out, lse, len, causal, B, T, C, NH);
-    FM_CHECK_OK(fm_cuda_attention_backward(NULL, d_gk, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B, T,
-                                           C, NH));
+    FM_CHECK_OK(
+        fm_cuda_attention_backward(NULL, d_gk, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B, T, C, NH));
     fm_cpu_attention_backward(gq, NULL, gv, dout, q, k, v, out, lse, len, causal, B, T, C, NH);
-    FM_CHECK_OK(fm_cuda_attention_backward(d_gq, NULL, d_gv, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B, T,
-                                           C, NH));
+    FM_CHECK_OK(
+        fm_cuda_attention_backward(d_gq, NULL, d_gv, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B, T, C, NH));
     expect_close("attention dq (third pass)", n, d_gq, gq, RTOL, ATT_GRAD_ATOL);
     expect_close("attention dk (third pass)", n, d_gk, gk, RTOL, ATT_GRAD_ATOL);
     expect_close("attention dv (third pass)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
@@ -239,11 +239,11 @@ static void test_attention_plain(void **state)
 static void test_attention_edges(void **state)
 {
     (void)state;
-    const int32_t len[3] = {0, 33, 17}; /* an empty sequence: lse −inf, zeros out, no gradient */
-    check_attention(303, 3, 33, 40, 5, 1, len);  /* hs 8 */
+    const int32_t len[3] = {0, 33, 17};         /* an empty sequence: lse −inf, zeros out, no gradient */
+    check_attention(303, 3, 33, 40, 5, 1, len); /* hs 8 */
     const int32_t len1[2] = {1, 40};
     check_attention(304, 2, 40, 256, 2, 0, len1); /* hs 128, one visible key in batch 0 */
-    check_attention(305, 1, 1, 7, 1, 1, NULL);     /* one token, hs 7 */
+    check_attention(305, 1, 1, 7, 1, 1, NULL);    /* one token, hs 7 */
 }
 
 /* The dispatcher copies device lengths to the host to check them. */
@@ -505,8 +505,8 @@ int main(void)
     const struct CMUnitTest host_tests[] = {
         cmocka_unit_test(test_argument_checks),
     };
-    int failed = cmocka_run_group_tests_name("cuda ops (attention, losses, clipping), argument checks", host_tests,
-                                             NULL, NULL);
+    int failed =
+        cmocka_run_group_tests_name("cuda ops (attention, losses, clipping), argument checks", host_tests, NULL, NULL);
     char why[384];
     if (fm_cuda_probe(why, sizeof why) == 0)
         return failed ? 1 : fm_gpu_test_no_device("gpu.cuda_ops_b", why);

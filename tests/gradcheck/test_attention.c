@@ -111,7 +111,8 @@ static void run_case(uint64_t stream, int B, int T, int C, int NH, int causal, c
                     continue;
                 }
                 if (!(isinf(lse.f[li]) && lse.f[li] < 0.0f))
-                    fail_msg("lse[%d,%d,%d] = %g for a row that sees no key, expected -inf", b, h, i, (double)lse.f[li]);
+                    fail_msg("lse[%d,%d,%d] = %g for a row that sees no key, expected -inf", b, h, i,
+                             (double)lse.f[li]);
                 lse.d[li] = 0.0;
                 lse.f[li] = 0.0f;
                 for (int d = 0; d < hs; d++)

@@ -831,6 +831,264 @@ static void test_bad_inputs(void **state)
     free(f);
 }
 
+/* ---- LoRA dropout ----------------------------------------------------------------------------------------
+ * With lora_dropout = 0.3 the training passes drop the adapters' inputs; the masks depend only on the model's
+ * dropout step, so setting the step back before every evaluation holds them fixed and the training loss is a
+ * smooth function of the parameters that finite differences can check. */
+
+/* The training objective with the masks of dropout step `step`: CLIP's loss through fm_clip_forward_backward
+ * (the gradient it accumulates on the way is not used), or Σ wi·img_emb + Σ wt·txt_emb through fm_clip_forward. */
+static double train_loss_at(fm_clip *m, const fixture *f, uint64_t step)
+{
+    assert_int_equal(fm_clip_set_dropout_step(m, step), FM_OK);
+    if (f->wi || f->wt) {
+        enum { E = 10 };
+        float img[NB * E], txt[NB * E];
+        if (fm_clip_forward(m, f->wi ? f->images : NULL, f->wt ? f->tokens : NULL, f->eot, NB, img, txt) != FM_OK)
+            fail_msg("fm_clip_forward: %s", fm_last_error());
+        double acc = 0.0;
+        for (int i = 0; i < NB * E; i++)
+            acc += (f->wi ? (double)f->wi[i] * img[i] : 0.0) + (f->wt ? (double)f->wt[i] * txt[i] : 0.0);
+        return acc;
+    }
+    float l = 0.0f;
+    if (fm_clip_forward_backward(m, f->images, f->tokens, f->eot, NB, &l) != FM_OK)
+        fail_msg("fm_clip_forward_backward: %s", fm_last_error());
+    return l;
+}
+
+/* fd() for the training objective at a fixed dropout step: Richardson-extrapolated 5-point stencil. */
+static double fd_train5(fm_clip *m, const fixture *f, uint64_t step, const float *dir, size_t i, double h)
+{
+    float *p = fm_clip_trainable(m);
+    size_t n = fm_clip_num_trainable(m);
+    float *saved = malloc(n * sizeof(float));
+    assert_non_null(saved);
+    memcpy(saved, p, n * sizeof(float));
+    static const double steps[4] = {-2.0, -1.0, 1.0, 2.0};
+    static const double weights[4] = {1.0, -8.0, 8.0, -1.0};
+    double acc = 0.0;
+    for (int s = 0; s < 4; s++) {
+        if (dir) {
+            for (size_t j = 0; j < n; j++)
+                p[j] = saved[j] + (float)(steps[s] * h) * dir[j];
+        } else {
+            p[i] = saved[i] + (float)(steps[s] * h);
+        }
+        acc += weights[s] * train_loss_at(m, f, step);
+        memcpy(p, saved, n * sizeof(float));
+    }
+    free(saved);
+    return acc / (12.0 * h);
+}
+
+static double fd_train(fm_clip *m, const fixture *f, uint64_t step, const float *dir, size_t i, double h, double *err)
+{
+    double a = fd_train5(m, f, step, dir, i, h), b = fd_train5(m, f, step, dir, i, h / 2);
+    *err = fabs(a - b);
+    return b + (b - a) / 15.0;
+}
+
+/* embeddings: 0 = CLIP's loss through fm_clip_forward_backward, 1 = a linear objective of both towers'
+ * embeddings through fm_clip_forward + fm_clip_backward. One coordinate of every slice, then every slice
+ * along its own gradient, with the tolerances of gradcheck() above. */
+static void dropout_gradcheck(int embeddings)
+{
+    enum { E = 10 };
+    const char *what = embeddings ? "lora dropout 0.3 (forward + backward)" : "lora dropout 0.3 (forward_backward)";
+    fixture *f = fm_test_alloc(sizeof *f);
+    tiny_config(&f->cfg, 0);
+    f->cfg.lora_dropout = 0.3f;
+    assert_int_equal(fm_clip_config_validate(&f->cfg), FM_OK);
+    make_inputs(f, 40 + (uint64_t)embeddings);
+    fm_clip *m = make_model(&f->cfg, fm_test_seed());
+    fm_rng rng = fm_rng_make(fm_test_seed(), 140 + (uint64_t)embeddings);
+    fill_slices(m, &rng, "lora_B", -0.3f, 0.3f);
+    jitter(m, &rng, 0.05f);
+    float wi[NB * E], wt[NB * E];
+    if (embeddings) {
+        fm_test_fill(&rng, wi, NB * E, -1.0f, 1.0f);
+        fm_test_fill(&rng, wt, NB * E, -1.0f, 1.0f);
+        f->wi = wi, f->wt = wt;
+    }
+    const uint64_t step = 1 + fm_rng_below(&rng, 1000);
+
+    size_t n = fm_clip_num_trainable(m), ns = fm_clip_num_slices(m);
+    assert_int_equal(fm_clip_zero_grad(m), FM_OK);
+    assert_int_equal(fm_clip_set_dropout_step(m, step), FM_OK);
+    double l0;
+    if (embeddings) {
+        l0 = train_loss_at(m, f, step);
+        if (fm_clip_backward(m, wi, wt) != FM_OK)
+            fail_msg("fm_clip_backward: %s", fm_last_error());
+    } else {
+        float loss = 0.0f;
+        if (fm_clip_forward_backward(m, f->images, f->tokens, f->eot, NB, &loss) != FM_OK)
+            fail_msg("forward_backward: %s", fm_last_error());
+        l0 = loss;
+    }
+    assert_true(fm_clip_dropout_step(m) == step + 1); /* each training forward advances the step */
+    float *g = malloc(n * sizeof(float));
+    assert_non_null(g);
+    memcpy(g, fm_clip_trainable_grad(m), n * sizeof(float));
+    /* the same step replays the same masks; the next one draws others */
+    assert_true(train_loss_at(m, f, step) == l0);
+    assert_true(train_loss_at(m, f, step + 1) != l0);
+
+    const double h = 1e-2;
+    double worst = 0.0, gmax = 0.0, max_abs_err = 0.0;
+    size_t worst_i = 0, nonzero = 0;
+    for (size_t c = 0; c < ns; c++) {
+        const fm_clip_slice *s = fm_clip_slice_at(m, c);
+        size_t i = s->offset + (size_t)fm_rng_below(&rng, s->numel);
+        double err;
+        double fdi = fd_train(m, f, step, NULL, i, h, &err);
+        double excess = fabs(fdi - g[i]) - (1e-4 + 2e-2 * fabs((double)g[i]) + err);
+        if (excess > worst || isnan(fdi)) {
+            worst = isnan(fdi) ? INFINITY : excess;
+            worst_i = c;
+        }
+        if (fabs((double)g[i]) > 1e-4)
+            nonzero++;
+        gmax = fmax(gmax, fabs((double)g[i]));
+        max_abs_err = fmax(max_abs_err, fabs(fdi - g[i]));
+        if (excess > 0.0)
+            fprintf(stderr, "  slice %s [%zu]: analytic %.6g, finite difference %.6g\n", s->name, i - s->offset, g[i],
+                    fdi);
+    }
+    if (worst > 0.0)
+        fail_msg("%s: slice %s: analytic gradient off by %.3g beyond tolerance", what,
+                 fm_clip_slice_at(m, worst_i)->name, worst);
+    assert_true(nonzero > ns / 2);
+    assert_true(gmax > 1e-2);
+    float *dir = malloc(n * sizeof(float));
+    assert_non_null(dir);
+    double worst_slice = 0.0;
+    for (size_t k = 0; k < ns; k++) {
+        const fm_clip_slice *sl = fm_clip_slice_at(m, k);
+        double gn = slice_direction(g, n, sl->offset, sl->numel, dir);
+        if (gn == 0.0)
+            continue; /* e.g. logit_scale through the embedding objective */
+        double err;
+        double fdd = fd_train(m, f, step, dir, 0, h, &err);
+        worst_slice = fmax(worst_slice, fabs(fdd - gn) / gn);
+        if (!(fabs(fdd - gn) <= 1e-2 * gn + 1e-4 + err))
+            fail_msg("%s: slice %s: gradient norm %.8g, finite difference along it %.8g", what, sl->name, gn, fdd);
+    }
+    print_message("%s: %zu slices, largest |fd - g| %.3g at one coordinate each, largest relative error along a "
+                  "slice %.3g\n",
+                  what, ns, max_abs_err, worst_slice);
+    free(dir);
+    free(g);
+    fm_clip_destroy(m);
+    free(f);
+}
+
+static void test_gradcheck_lora_dropout(void **state)
+{
+    (void)state;
+    dropout_gradcheck(0);
+}
+
+static void test_gradcheck_lora_dropout_embeddings(void **state)
+{
+    (void)state;
+    dropout_gradcheck(1);
+}
+
+/* Dropout acts in training only, differs between steps, and p = 0 (or full fine-tuning, which has no adapters)
+ * behaves exactly as a model without dropout. */
+static void test_lora_dropout_train_vs_eval(void **state)
+{
+    (void)state;
+    enum { E = 10 };
+    fixture *f = fm_test_alloc(sizeof *f);
+    tiny_config(&f->cfg, 0);
+    make_inputs(f, 42);
+    fm_clip_config cfg_drop = f->cfg;
+    cfg_drop.lora_dropout = 0.3f;
+    fm_clip *m = make_model(&cfg_drop, 11), *m0 = make_model(&f->cfg, 11);
+    size_t n = fm_clip_num_trainable(m);
+    assert_int_equal(n, fm_clip_num_trainable(m0));
+    fm_rng rng = fm_rng_make(fm_test_seed(), 142);
+    fill_slices(m, &rng, "lora_B", -0.3f, 0.3f);
+    jitter(m, &rng, 0.05f);
+    memcpy(fm_clip_trainable(m0), fm_clip_trainable(m), n * sizeof(float));
+
+    /* evaluation: identical, before and after training passes */
+    float le = 0.0f, le0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l0 = 0.0f;
+    float img[NB * E], txt[NB * E], img0[NB * E], txt0[NB * E];
+    assert_int_equal(fm_clip_loss(m, f->images, f->tokens, f->eot, NB, &le), FM_OK);
+    assert_int_equal(fm_clip_loss(m0, f->images, f->tokens, f->eot, NB, &le0), FM_OK);
+    assert_memory_equal(&le, &le0, sizeof le);
+    assert_true(fm_clip_dropout_step(m) == 0); /* evaluation does not advance the step */
+    float *g1 = malloc(n * sizeof(float));
+    assert_non_null(g1);
+    assert_int_equal(fm_clip_zero_grad(m), FM_OK);
+    assert_int_equal(fm_clip_forward_backward(m, f->images, f->tokens, f->eot, NB, &l1), FM_OK);
+    memcpy(g1, fm_clip_trainable_grad(m), n * sizeof(float));
+    assert_int_equal(fm_clip_forward_backward(m, f->images, f->tokens, f->eot, NB, &l2), FM_OK);
+    assert_true(fm_clip_dropout_step(m) == 2);
+    print_message("lora dropout: eval loss %.7f, training losses %.7f, %.7f\n", (double)le, (double)l1, (double)l2);
+    assert_true(l1 != l2 && l1 != le && l2 != le);
+    encode(m, f, img, txt);
+    encode(m0, f, img0, txt0);
+    assert_memory_equal(img, img0, sizeof img);
+    assert_memory_equal(txt, txt0, sizeof txt);
+    assert_int_equal(fm_clip_loss(m, f->images, f->tokens, f->eot, NB, &le0), FM_OK);
+    assert_memory_equal(&le, &le0, sizeof le);
+    /* replaying step 0 gives the first pass's loss and gradient bit for bit */
+    assert_int_equal(fm_clip_set_dropout_step(m, 0), FM_OK);
+    assert_int_equal(fm_clip_zero_grad(m), FM_OK);
+    assert_int_equal(fm_clip_forward_backward(m, f->images, f->tokens, f->eot, NB, &l2), FM_OK);
+    assert_memory_equal(&l1, &l2, sizeof l1);
+    assert_memory_equal(g1, fm_clip_trainable_grad(m), n * sizeof(float));
+    /* the training forward for the caller's loss drops too */
+    assert_int_equal(fm_clip_forward(m, f->images, f->tokens, f->eot, NB, img0, txt0), FM_OK);
+    assert_true(max_abs_diff(img, img0, NB * E) > 1e-6f && max_abs_diff(txt, txt0, NB * E) > 1e-6f);
+
+    /* p = 0: training equals evaluation bit for bit, and the step changes nothing */
+    float *g0 = malloc(n * sizeof(float));
+    assert_non_null(g0);
+    assert_int_equal(fm_clip_zero_grad(m0), FM_OK);
+    assert_int_equal(fm_clip_forward_backward(m0, f->images, f->tokens, f->eot, NB, &l0), FM_OK);
+    assert_memory_equal(&l0, &le, sizeof l0);
+    memcpy(g0, fm_clip_trainable_grad(m0), n * sizeof(float));
+    assert_true(memcmp(g0, g1, n * sizeof(float)) != 0); /* dropout did change the gradient */
+    assert_int_equal(fm_clip_set_dropout_step(m0, 12345), FM_OK);
+    assert_int_equal(fm_clip_zero_grad(m0), FM_OK);
+    assert_int_equal(fm_clip_forward_backward(m0, f->images, f->tokens, f->eot, NB, &l0), FM_OK);
+    assert_memory_equal(&l0, &le, sizeof l0);
+    assert_memory_equal(g0, fm_clip_trainable_grad(m0), n * sizeof(float));
+    assert_int_equal(fm_clip_forward(m0, f->images, f->tokens, f->eot, NB, img0, txt0), FM_OK);
+    encode(m0, f, img, txt);
+    assert_memory_equal(img, img0, sizeof img);
+    assert_memory_equal(txt, txt0, sizeof txt);
+    free(g0);
+    free(g1);
+    fm_clip_destroy(m);
+    fm_clip_destroy(m0);
+
+    /* full fine-tuning has no adapters: lora_dropout is accepted and changes nothing */
+    fm_clip_config ft;
+    tiny_config(&ft, 1);
+    ft.lora_dropout = 0.3f;
+    fm_clip *mf = make_model(&ft, 12);
+    assert_int_equal(fm_clip_loss(mf, f->images, f->tokens, f->eot, NB, &le), FM_OK);
+    assert_int_equal(fm_clip_forward_backward(mf, f->images, f->tokens, f->eot, NB, &l1), FM_OK);
+    assert_memory_equal(&le, &l1, sizeof le);
+    fm_clip_destroy(mf);
+    /* out of range */
+    cfg_drop.lora_dropout = 1.0f;
+    fm_clip *none = NULL;
+    assert_int_equal(fm_clip_create(&none, &cfg_drop, FM_DEVICE_CPU, 1), FM_ERR_CONFIG);
+    assert_non_null(strstr(fm_last_error(), "lora_dropout"));
+    cfg_drop.lora_dropout = -0.1f;
+    assert_int_equal(fm_clip_create(&none, &cfg_drop, FM_DEVICE_CPU, 1), FM_ERR_CONFIG);
+    assert_null(none);
+    free(f);
+}
+
 int main(void)
 {
     /* The model is tiny: one thread avoids thread start-up and spinning costs that dominate on a busy machine. */
@@ -848,6 +1106,9 @@ int main(void)
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_encode_batch_independent),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_gradcheck_lora_dropout),
+        cmocka_unit_test(test_gradcheck_lora_dropout_embeddings),
+        cmocka_unit_test(test_lora_dropout_train_vs_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

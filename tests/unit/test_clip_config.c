@@ -83,7 +83,7 @@ static void test_validate(void **state)
     } bad[] = {
         {"vision_heads", "5", "vision_heads"},   {"text_heads", "6", "text_heads"},
         {"patch_size", "7", "patch_size"},       {"lora_rank", "65", "lora_rank"},
-        {"lora_dropout", "0.1", "lora_dropout"},
+        {"lora_dropout", "1.0", "lora_dropout"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         fm_clip_config c = good;

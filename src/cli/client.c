@@ -1,0 +1,263 @@
+/* `fedmm client`: one site of a networked federation. It computes its own share of the data from the shared
+ * config (fm_federation_split is deterministic), joins the server, and whenever the server tasks it with a
+ * round: pulls the global adapters, trains exactly as `fedmm sim` trains that site, and pushes the update. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/fl_config.h"
+#include "fedmm/log.h"
+
+#ifdef FEDMM_WITH_GRPC
+#include "fedmm/site_train.h"
+#include "net/net.h"
+#endif
+
+#ifndef FEDMM_WITH_GRPC
+int fm_cli_client(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "fedmm client: this build has no gRPC control plane (configure with -DFEDMM_WITH_GRPC=ON)\n");
+    return 1;
+}
+#else
+
+static void usage(void)
+{
+    printf("usage: fedmm client --config FILE --site N --server HOST:PORT [--token TOKEN] [--set key=value ...]\n"
+           "                    [--device auto|cpu|cuda] [--threads N]\n"
+           "\n"
+           "Runs site N (0 .. fl.sites-1) of the federation the config describes: joins the server, and for every\n"
+           "round that samples this site pulls the global adapters, trains fl.local_steps steps on the site's own\n"
+           "split and pushes the update. The bearer token is --token, else $FEDMM_TOKEN, else derived from\n"
+           "$FEDMM_SECRET. Exits 0 when the server says the federation is over.\n");
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static int transient(int code) { return code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */; }
+
+typedef struct client {
+    fm_cli_run *run;
+    const fm_sim_options *o;
+    int site;
+    fm_clip *model;
+    fm_strategy_block *blocks;
+    size_t nb;
+    fm_site_data *sites;
+    fm_site_trainer *trainer;
+    fm_net_client *net;
+    float *global, *local, *delta;
+    uint8_t *trained;
+    fm_wire_push_header *header;
+} client;
+
+/* Calls Join, then Heartbeat, retrying transient failures (server not up yet, busy) with doubling back-off up
+ * to `patience_s` in all. */
+static fm_status ask(client *c, const fm_wire_join *j, const fm_wire_ref *h, fm_wire_task *task, double patience_s)
+{
+    double waited = 0.0, backoff = 0.1;
+    for (;;) {
+        fm_status st = j ? fm_net_join(c->net, j, task) : fm_net_heartbeat(c->net, h, task);
+        if (st == FM_OK || !transient(fm_net_last_code(c->net)) || waited >= patience_s)
+            return st;
+        FM_INFO("site %d: server not reachable (%s), retrying in %.1f s", c->site, fm_last_error(), backoff);
+        sleep_s(backoff);
+        waited += backoff;
+        backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+    }
+}
+
+static fm_status train_round(client *c, const fm_wire_task *task)
+{
+    const fm_sim_options *o = c->o;
+    const size_t P = fm_clip_num_trainable(c->model);
+    if (task->local_steps != o->local_steps || task->n_params != P || task->rounds != o->rounds)
+        return fm_error(FM_ERR_CONFIG,
+                        "site %d: the server's run (%s) differs from this config (local_steps %lld, "
+                        "%zu parameters, %d rounds)",
+                        c->site, task->config, (long long)o->local_steps, P, o->rounds);
+    fm_wire_ref r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.run_id, sizeof r.run_id, "%s", task->run_id);
+    r.round = task->round;
+    r.site = c->site;
+    FM_TRY(fm_net_pull(c->net, &r, c->global, c->blocks, c->nb));
+    const fm_site_data *site = &c->sites[c->site];
+    fm_local_task lt = {.site = c->site,
+                        .round = (int)task->round,
+                        .seed = o->seed,
+                        .local_steps = o->local_steps,
+                        .opt = &o->local,
+                        .strategy = &o->strategy,
+                        .blocks = c->blocks,
+                        .n_blocks = c->nb};
+    double loss = 0.0;
+    FM_TRY(fm_site_train(c->trainer, site, &lt, c->global, c->local, &loss));
+    /* an attacker site (fl.malicious_sites, robustness experiments) sends its update sign-flipped, scaled */
+    const float factor = c->site < o->malicious_sites ? (float)-o->attack_scale : 1.0f;
+    for (size_t j = 0; j < P; j++)
+        c->delta[j] = factor * (c->local[j] - c->global[j]);
+    fm_wire_push_header *h = c->header;
+    memset(h, 0, sizeof *h);
+    snprintf(h->run_id, sizeof h->run_id, "%s", task->run_id);
+    h->round = task->round;
+    h->site = c->site;
+    h->n_samples = site->n;
+    h->loss = loss;
+    h->n_params = P;
+    h->n_blocks = c->nb;
+    memcpy(h->trained, c->trained, c->nb);
+    fm_wire_reply reply;
+    FM_TRY(fm_net_push(c->net, h, c->delta, c->blocks, 0, &reply));
+    FM_INFO("site %d: round %lld pushed, local loss %.4f", c->site, (long long)task->round, loss);
+    return FM_OK;
+}
+
+static fm_status run_site(client *c, const char *token, const char *target)
+{
+    const fm_cli_run *run = c->run;
+    const fm_sim_options *o = c->o;
+    if (c->site < 0 || c->site >= o->scenario.num_sites)
+        return fm_error(FM_ERR_CONFIG, "--site %d is not in [0, %d) (fl.sites)", c->site, o->scenario.num_sites);
+    FM_TRY(fm_clip_create(&c->model, &run->model, run->device, run->seed));
+    const size_t P = fm_clip_num_trainable(c->model);
+    FM_TRY(fm_clip_strategy_blocks(c->model, &c->blocks, &c->nb));
+    if (c->nb > FM_WIRE_MAX_BLOCKS)
+        return fm_error(FM_ERR_CONFIG, "the model has %zu blocks, the wire allows %d", c->nb, FM_WIRE_MAX_BLOCKS);
+    FM_TRY(fm_federation_split(&o->scenario, &run->synth, &c->sites));
+    FM_TRY(fm_site_trainer_create(&c->trainer, c->model, &run->synth, run->tok, o->label_attr, o->local.batch_size));
+    c->global = calloc(P ? P : 1, sizeof(float));
+    c->local = calloc(P ? P : 1, sizeof(float));
+    c->delta = calloc(P ? P : 1, sizeof(float));
+    c->trained = calloc(c->nb ? c->nb : 1, 1);
+    c->header = calloc(1, sizeof *c->header);
+    if (!c->global || !c->local || !c->delta || !c->trained || !c->header)
+        return fm_error(FM_ERR_NO_MEMORY, "client: out of memory");
+    const fm_site_data *site = &c->sites[c->site];
+    fm_site_trained_blocks(c->model, site->modality, c->trained, NULL);
+    FM_TRY(fm_net_client_create(&c->net, target, token, 120.0));
+
+    fm_wire_join j;
+    memset(&j, 0, sizeof j);
+    j.site = c->site;
+    snprintf(j.token, sizeof j.token, "%s", token);
+    j.modalities = (uint32_t)site->modality;
+    snprintf(j.model_family, sizeof j.model_family, "%.64s", run->model.name);
+    j.n_params = P;
+    j.n_blocks = (uint32_t)c->nb;
+    snprintf(j.device, sizeof j.device, "%s", run->device == FM_DEVICE_CPU ? "cpu" : "cuda");
+    fm_wire_task task;
+    FM_TRY(ask(c, &j, NULL, &task, 60.0));
+    FM_INFO("site %d: joined run %s (%s), %lld samples, modality %s", c->site, task.run_id, task.config,
+            (long long)site->n, fm_modality_name(site->modality));
+    int64_t last_pushed = 0;
+    for (;;) {
+        if (task.action == FM_ACTION_DONE) {
+            printf("site %d done: run %s, %d rounds\n", c->site, task.run_id, task.rounds);
+            return FM_OK;
+        }
+        if (task.action == FM_ACTION_TRAIN && task.round > last_pushed) {
+            fm_status st = train_round(c, &task);
+            int code = fm_net_last_code(c->net);
+            if (st == FM_ERR_NETWORK && (code == 6 || code == 9)) {
+                /* refused as stale or duplicate: the server has moved on; ask what to do now */
+                FM_WARN("site %d: round %lld refused: %s", c->site, (long long)task.round, fm_last_error());
+            } else if (st != FM_OK) {
+                return st;
+            }
+            last_pushed = task.round;
+        } else {
+            sleep_s(0.02);
+        }
+        fm_wire_ref h;
+        memset(&h, 0, sizeof h);
+        snprintf(h.run_id, sizeof h.run_id, "%s", task.run_id);
+        h.round = task.round;
+        h.site = c->site;
+        FM_TRY(ask(c, NULL, &h, &task, 30.0));
+    }
+}
+
+int fm_cli_client(int argc, char **argv)
+{
+    int bad = 0;
+    const char *target = fm_cli_take_flag(&argc, argv, "server", &bad);
+    const char *site_s = fm_cli_take_flag(&argc, argv, "site", &bad);
+    const char *token_arg = fm_cli_take_flag(&argc, argv, "token", &bad);
+    if (bad) {
+        fprintf(stderr, "fedmm client: options --server, --site and --token need a value\n");
+        return 2;
+    }
+    fm_cli_args args;
+    int rc = fm_cli_parse(argc, argv, "config set device threads", &args);
+    if (rc)
+        return rc;
+    if (args.help) {
+        usage();
+        return 0;
+    }
+    if (!args.config_path || !target || !site_s) {
+        fprintf(stderr, "fedmm client: --config FILE, --site N and --server HOST:PORT are required\n");
+        return 2;
+    }
+    char *end = NULL;
+    long site = strtol(site_s, &end, 10);
+    if (*site_s == '\0' || *end != '\0' || site < 0 || site > 1000000) {
+        fprintf(stderr, "fedmm client: --site '%s': expected a site index\n", site_s);
+        return 2;
+    }
+    fm_cli_run run;
+    rc = fm_cli_setup(&args, &run);
+    if (rc) {
+        fm_cli_teardown(&run);
+        return rc;
+    }
+    fm_sim_options o;
+    fm_status s = fm_cli_read_fl(&run, &args, &o);
+    if (s == FM_OK)
+        s = fm_config_check_unused(run.cfg);
+    if (s != FM_OK) {
+        rc = fm_cli_fail("client", "config", s);
+        fm_cli_teardown(&run);
+        return rc;
+    }
+    char derived[65];
+    const char *token = token_arg ? token_arg : getenv("FEDMM_TOKEN");
+    if (!token) {
+        s = fm_net_site_token(fm_cli_net_secret(), (int)site, derived);
+        token = derived;
+    }
+    client c;
+    memset(&c, 0, sizeof c);
+    c.run = &run;
+    c.o = &o;
+    c.site = (int)site;
+    if (s == FM_OK)
+        s = run_site(&c, token, target);
+    rc = s == FM_OK ? 0 : fm_cli_fail("client", "run", s);
+    fm_net_client_destroy(c.net);
+    fm_site_trainer_destroy(c.trainer);
+    if (c.sites)
+        fm_site_data_free(c.sites, o.scenario.num_sites);
+    free(c.blocks);
+    free(c.global);
+    free(c.local);
+    free(c.delta);
+    free(c.trained);
+    free(c.header);
+    fm_clip_destroy(c.model);
+    fm_cli_teardown(&run);
+    return rc;
+}
+#endif

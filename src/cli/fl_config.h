@@ -1,0 +1,21 @@
+/* The fl.* and train.* keys of a run configuration as fm_sim_options: what `fedmm sim`, `fedmm server` and
+ * `fedmm client` must read identically for the networked federation to equal the simulated one. */
+#ifndef FEDMM_CLI_FL_CONFIG_H
+#define FEDMM_CLI_FL_CONFIG_H
+
+#include "cli/common.h"
+#include "fedmm/sim.h"
+
+/* Reads fl.* (rounds, sites, scenario, strategy and its parameters, eval), train.* (each site's local AdamW),
+ * out and metrics into *o, starting from fm_sim_default_options(). The one reader of these keys, so that
+ * `sim`, `server` and `client` see the same federation. */
+fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_options *o);
+
+/* Removes "--name VALUE" from argv (in place) and returns VALUE, or NULL if absent; *bad is set when the flag
+ * has no value. For the flags fm_cli_parse does not know (--listen, --server, --site, --token). */
+const char *fm_cli_take_flag(int *argc, char **argv, const char *name, int *bad);
+
+/* The secret the site tokens derive from: $FEDMM_SECRET, else a fixed development secret (with a warning). */
+const char *fm_cli_net_secret(void);
+
+#endif

@@ -1,0 +1,246 @@
+/* `fedmm server`: the aggregator of a networked federation. It runs the same rounds as `fedmm sim` with the
+ * same config (same site draws, same strategy, updates added in site order), but the sites are `fedmm client`
+ * processes that reach it over gRPC. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/fl_config.h"
+#include "fedmm/log.h"
+
+#ifdef FEDMM_WITH_GRPC
+#include <sodium.h>
+
+#include "fedmm/device.h"
+#include "fedmm/metrics.h"
+#include "fedmm/site_train.h"
+#include "net/net.h"
+#endif
+
+#ifndef FEDMM_WITH_GRPC
+int fm_cli_server(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "fedmm server: this build has no gRPC control plane (configure with -DFEDMM_WITH_GRPC=ON)\n");
+    return 1;
+}
+#else
+
+static void usage(void)
+{
+    printf("usage: fedmm server --config FILE --listen HOST:PORT [--set key=value ...] [--out DIR] [--metrics FILE]\n"
+           "                    [--device auto|cpu|cuda] [--threads N]\n"
+           "\n"
+           "Runs the federation of the config's fl.* keys with the sites as separate `fedmm client` processes:\n"
+           "each round samples fl.sites_per_round of fl.sites sites exactly as `fedmm sim` does, streams the\n"
+           "global adapters to them, and aggregates their pushed updates in site order, so the final model equals\n"
+           "`fedmm sim`'s. Port 0 picks a free port (printed as 'listening on port N'). Site k authenticates with\n"
+           "its bearer token, keyed BLAKE2b of $FEDMM_SECRET and k (fedmm client derives it from the same\n"
+           "variable, or takes --token). Writes DIR/adapters.safetensors, DIR/model.safetensors and\n"
+           "DIR/metrics.jsonl; exits 0 once the last round is aggregated and every site was told so.\n");
+}
+
+typedef struct server_ctx {
+    fm_metrics_log log;
+    double t0;
+} server_ctx;
+
+static void on_listen(void *ctx, int port)
+{
+    (void)ctx;
+    printf("fedmm server: listening on port %d\n", port);
+    fflush(stdout);
+}
+
+static void on_round(void *ctx, int round, double mean_loss, const float *global)
+{
+    (void)global;
+    server_ctx *sc = ctx;
+    const char *keys[] = {"round", "loss", "wall_s"};
+    double vals[] = {round, mean_loss, fm_now_seconds() - sc->t0};
+    if (fm_metrics_write(&sc->log, keys, vals, 3) != FM_OK)
+        FM_WARN("server: metrics: %s", fm_last_error());
+    FM_INFO("server: round %d aggregated, mean site loss %.4f", round, mean_loss);
+}
+
+typedef struct server_state {
+    fm_clip *model;
+    fm_strategy_block *blocks;
+    size_t nb;
+    fm_site_data *sites;
+    int N;
+    int64_t *samples;
+    uint8_t *trained;
+    char (*tokens)[65];
+    const char **token_ptrs;
+    float *global;
+    fm_strategy *strategy;
+    fm_fedsrv *srv;
+} server_state;
+
+static void state_free(server_state *s)
+{
+    fm_fedsrv_destroy(s->srv);
+    fm_strategy_destroy(s->strategy);
+    if (s->sites)
+        fm_site_data_free(s->sites, s->N);
+    free(s->blocks);
+    free(s->samples);
+    free(s->trained);
+    free(s->tokens);
+    free(s->token_ptrs);
+    free(s->global);
+    fm_clip_destroy(s->model);
+}
+
+static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const char *listen, server_ctx *sc)
+{
+    server_state s;
+    memset(&s, 0, sizeof s);
+    fm_status st = fm_clip_create(&s.model, &run->model, run->device, run->seed);
+    const size_t P = st == FM_OK ? fm_clip_num_trainable(s.model) : 0;
+    s.N = o->scenario.num_sites;
+    if (st == FM_OK)
+        st = fm_clip_strategy_blocks(s.model, &s.blocks, &s.nb);
+    if (st == FM_OK)
+        st = fm_federation_split(&o->scenario, &run->synth, &s.sites);
+    if (st == FM_OK) {
+        s.samples = calloc((size_t)s.N, sizeof *s.samples);
+        s.trained = calloc((size_t)s.N * (s.nb ? s.nb : 1), 1);
+        s.tokens = calloc((size_t)s.N, sizeof *s.tokens);
+        s.token_ptrs = calloc((size_t)s.N, sizeof *s.token_ptrs);
+        s.global = calloc(P ? P : 1, sizeof(float));
+        if (!s.samples || !s.trained || !s.tokens || !s.token_ptrs || !s.global)
+            st = fm_error(FM_ERR_NO_MEMORY, "server: out of memory");
+    }
+    const char *secret = st == FM_OK ? fm_cli_net_secret() : NULL;
+    for (int k = 0; st == FM_OK && k < s.N; k++) {
+        s.samples[k] = s.sites[k].n;
+        fm_site_trained_blocks(s.model, s.sites[k].modality, s.trained + (size_t)k * s.nb, NULL);
+        st = fm_net_site_token(secret, k, s.tokens[k]);
+        s.token_ptrs[k] = s.tokens[k];
+    }
+    if (st == FM_OK)
+        st = fm_device_copy(s.global, FM_DEVICE_CPU, fm_clip_trainable(s.model), run->device, P * sizeof(float));
+    if (st == FM_OK)
+        st = fm_strategy_create(&s.strategy, &o->strategy, P, s.blocks, s.nb, s.global);
+    unsigned char rid[8];
+    char run_id[17], config_text[200];
+    randombytes_buf(rid, sizeof rid);
+    sodium_bin2hex(run_id, sizeof run_id, rid, sizeof rid);
+    snprintf(config_text, sizeof config_text, "strategy=%s sites=%d per_round=%d rounds=%d local_steps=%lld",
+             fm_strategy_name(o->strategy.kind), s.N, o->sites_per_round, o->rounds, (long long)o->local_steps);
+    if (st == FM_OK) {
+        fm_fedsrv_config fc = {.run_id = run_id,
+                               .rounds = o->rounds,
+                               .num_sites = s.N,
+                               .sites_per_round = o->sites_per_round,
+                               .seed = o->seed,
+                               .local_steps = o->local_steps,
+                               .model_family = run->model.name,
+                               .n_params = P,
+                               .blocks = s.blocks,
+                               .n_blocks = s.nb,
+                               .site_samples = s.samples,
+                               .site_trained = s.trained,
+                               .tokens = s.token_ptrs,
+                               .strategy = s.strategy,
+                               .config_text = config_text,
+                               .on_round = on_round,
+                               .ctx = sc};
+        st = fm_fedsrv_create(&s.srv, &fc);
+    }
+    if (st == FM_OK) {
+        FM_INFO("server: run %s, %s, %d sites, %d per round, %d rounds, %zu trainable parameters", run_id,
+                run->model.name, s.N, o->sites_per_round, o->rounds, P);
+        fm_net_server_options so = {
+            .listen = listen, .call_timeout_s = 60, .release_grace_s = 10, .on_listen = on_listen, .ctx = NULL};
+        st = fm_net_serve(s.srv, &so);
+    }
+    if (st == FM_OK && !fm_fedsrv_done(s.srv))
+        st = fm_error(FM_ERR_STATE, "server: stopped after %d of %d rounds", fm_fedsrv_round(s.srv) - 1, o->rounds);
+    /* the final global model, saved as `fedmm sim` saves it */
+    char path[4200];
+    if (st == FM_OK)
+        st = fm_device_copy(fm_clip_trainable(s.model), run->device, fm_strategy_global(s.strategy), FM_DEVICE_CPU,
+                            P * sizeof(float));
+    snprintf(path, sizeof path, "%s/adapters.safetensors", o->out_dir);
+    if (st == FM_OK)
+        st = fm_clip_save_adapters(s.model, path);
+    if (st == FM_OK && run->model.lora_rank > 0 && !run->model.full_finetune)
+        st = fm_clip_merge_lora(s.model);
+    snprintf(path, sizeof path, "%s/model.safetensors", o->out_dir);
+    if (st == FM_OK)
+        st = fm_clip_save(s.model, path);
+    if (st == FM_OK)
+        printf("server done: %d rounds in %.1f s, run %s, global model in %s\n", o->rounds, fm_now_seconds() - sc->t0,
+               run_id, o->out_dir);
+    state_free(&s);
+    return st;
+}
+
+int fm_cli_server(int argc, char **argv)
+{
+    int bad = 0;
+    const char *listen = fm_cli_take_flag(&argc, argv, "listen", &bad);
+    if (bad) {
+        fprintf(stderr, "fedmm server: option '--listen' needs a value\n");
+        return 2;
+    }
+    fm_cli_args args;
+    int rc = fm_cli_parse(argc, argv, "config set out metrics device threads", &args);
+    if (rc)
+        return rc;
+    if (args.help) {
+        usage();
+        return 0;
+    }
+    if (!args.config_path || !listen) {
+        fprintf(stderr, "fedmm server: --config FILE and --listen HOST:PORT are required\n");
+        return 2;
+    }
+    fm_cli_run run;
+    rc = fm_cli_setup(&args, &run);
+    if (rc) {
+        fm_cli_teardown(&run);
+        return rc;
+    }
+    fm_sim_options o;
+    fm_status s = fm_cli_read_fl(&run, &args, &o);
+    if (s == FM_OK)
+        s = fm_config_check_unused(run.cfg);
+    if (s == FM_OK && (o.local_only || o.strategy.kind == FM_STRATEGY_SCAFFOLD))
+        s = fm_error(FM_ERR_UNSUPPORTED, "fl.strategy %s is not supported over the network yet (sim only)",
+                     o.local_only ? "local" : "scaffold");
+    if (s != FM_OK) {
+        rc = fm_cli_fail("server", "config", s);
+        fm_cli_teardown(&run);
+        return rc;
+    }
+    server_ctx sc;
+    memset(&sc, 0, sizeof sc);
+    sc.t0 = fm_now_seconds();
+    char path[4200];
+    s = fm_cli_mkdirs(o.out_dir);
+    if (s == FM_OK) {
+        snprintf(path, sizeof path, "%s/config.yaml", o.out_dir);
+        s = fm_config_dump(run.cfg, path);
+    }
+    if (s == FM_OK) {
+        if (o.metrics_path)
+            snprintf(path, sizeof path, "%s", o.metrics_path);
+        else
+            snprintf(path, sizeof path, "%s/metrics.jsonl", o.out_dir);
+        s = fm_metrics_open(&sc.log, path, 0);
+    }
+    if (s == FM_OK)
+        s = serve(&run, &o, listen, &sc);
+    rc = s == FM_OK ? 0 : fm_cli_fail("server", "run", s);
+    fm_metrics_close(&sc.log);
+    fm_cli_teardown(&run);
+    return rc;
+}
+#endif

@@ -1,0 +1,168 @@
+/* Site-side halves of the strategies: the gradient corrections applied before each local optimizer step
+ * (FedProx's and adaptive regularization's proximal term, SCAFFOLD's c − ck) and SCAFFOLD's control-variate
+ * update after local training. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fl/strategy_internal.h"
+
+#define SITE_OMP_MIN 16384
+
+fm_status fm_blocks_check(const fm_strategy_block *blocks, size_t n_blocks, size_t n, const char *who)
+{
+    if (n_blocks == 0)
+        return FM_OK;
+    if (!blocks)
+        return fm_error(FM_ERR_INVALID_ARG, "%s: blocks is NULL with n_blocks = %zu", who, n_blocks);
+    size_t at = 0;
+    for (size_t b = 0; b < n_blocks; b++) {
+        const char *name = blocks[b].name ? blocks[b].name : "(unnamed)";
+        if (blocks[b].offset != at)
+            return fm_error(FM_ERR_SHAPE,
+                            "%s: block %zu '%s' starts at %zu, expected %zu (blocks must tile the vector "
+                            "in order)",
+                            who, b, name, blocks[b].offset, at);
+        if (blocks[b].numel == 0)
+            return fm_error(FM_ERR_SHAPE, "%s: block %zu '%s' is empty", who, b, name);
+        if (blocks[b].numel > n - at)
+            return fm_error(FM_ERR_SHAPE, "%s: block %zu '%s' ends at %zu, past the vector's %zu floats", who, b, name,
+                            at + blocks[b].numel, n);
+        at += blocks[b].numel;
+    }
+    if (at != n)
+        return fm_error(FM_ERR_SHAPE, "%s: the blocks cover %zu of the vector's %zu floats", who, at, n);
+    return FM_OK;
+}
+
+fm_status fm_adaptive_reg_weights(float *weights, size_t n, const fm_strategy_block *blocks, size_t n_blocks, int skip,
+                                  float mu_eff)
+{
+    if (!weights)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_adaptive_reg_weights: weights is NULL");
+    if (skip < 0)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_adaptive_reg_weights: skip %d < 0", skip);
+    FM_TRY(fm_blocks_check(blocks, n_blocks, n, "fm_adaptive_reg_weights"));
+    memset(weights, 0, n * sizeof(float));
+    for (size_t b = 0; b < n_blocks; b++) {
+        const fm_strategy_block *blk = &blocks[b];
+        /* FedMLLM regularizes the middle of each stack only: the first and last s layers adapt freely to
+         * their site's modality mix. Blocks outside the encoder layers (embeddings, heads) are left free. */
+        if (blk->layer < skip || blk->layer > blk->n_layers - 1 - skip)
+            continue;
+        for (size_t i = 0; i < blk->numel; i++)
+            weights[blk->offset + i] = mu_eff;
+    }
+    return FM_OK;
+}
+
+fm_status fm_site_correction_prepare(fm_site_correction *corr, const fm_strategy_config *config, size_t n_params,
+                                     const fm_strategy_block *blocks, size_t n_blocks, const float *anchor,
+                                     const float *c_global, const float *c_local)
+{
+    if (!corr || !config)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_site_correction_prepare: NULL argument");
+    FM_TRY(fm_strategy_config_validate(config));
+    fm_site_correction c;
+    memset(&c, 0, sizeof(c));
+    switch (config->kind) {
+    case FM_STRATEGY_FEDPROX:
+        if (!anchor)
+            return fm_error(FM_ERR_INVALID_ARG, "fm_site_correction_prepare: fedprox needs the global vector (anchor)");
+        c.anchor = anchor;
+        c.prox_mu = (float)config->prox_mu;
+        break;
+    case FM_STRATEGY_ADAPTIVE_REG: {
+        if (!anchor)
+            return fm_error(FM_ERR_INVALID_ARG,
+                            "fm_site_correction_prepare: adaptive_reg needs the global vector (anchor)");
+        float *w = malloc((n_params ? n_params : 1) * sizeof(float));
+        if (!w)
+            return fm_error(FM_ERR_NO_MEMORY, "fm_site_correction_prepare: no memory for %zu weights", n_params);
+        fm_status st;
+        if (n_blocks == 0) {
+            /* no slice table: no layer is known to be in the middle, so nothing is regularized */
+            memset(w, 0, n_params * sizeof(float));
+            st = FM_OK;
+        } else {
+            st = fm_adaptive_reg_weights(w, n_params, blocks, n_blocks, config->adaptive_skip_layers,
+                                         (float)(config->prox_mu * config->adaptive_mu_w));
+        }
+        if (st != FM_OK) {
+            free(w);
+            return st;
+        }
+        c.anchor = anchor;
+        c.prox_weight = w;
+        c.owned_weight = w;
+        break;
+    }
+    case FM_STRATEGY_SCAFFOLD:
+        if (!c_global || !c_local)
+            return fm_error(FM_ERR_INVALID_ARG,
+                            "fm_site_correction_prepare: scaffold needs the server control c and the site's ck");
+        c.c_global = c_global;
+        c.c_local = c_local;
+        break;
+    default: break;
+    }
+    *corr = c;
+    return FM_OK;
+}
+
+void fm_site_correction_free(fm_site_correction *corr)
+{
+    if (!corr)
+        return;
+    free(corr->owned_weight);
+    memset(corr, 0, sizeof(*corr));
+}
+
+void fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n)
+{
+    if (!grad || !corr)
+        return;
+    const float *anchor = params ? corr->anchor : NULL;
+    const float *pw = corr->prox_weight;
+    float mu = corr->prox_mu;
+    if (anchor && (pw || mu != 0.0f)) {
+        if (pw) {
+#pragma omp parallel for schedule(static) if (n >= SITE_OMP_MIN)
+            for (size_t i = 0; i < n; i++)
+                grad[i] += pw[i] * (params[i] - anchor[i]);
+        } else {
+#pragma omp parallel for schedule(static) if (n >= SITE_OMP_MIN)
+            for (size_t i = 0; i < n; i++)
+                grad[i] += mu * (params[i] - anchor[i]);
+        }
+    }
+    if (corr->c_global && corr->c_local) {
+        const float *c = corr->c_global, *ck = corr->c_local;
+#pragma omp parallel for schedule(static) if (n >= SITE_OMP_MIN)
+        for (size_t i = 0; i < n; i++)
+            grad[i] += c[i] - ck[i];
+    }
+}
+
+fm_status fm_scaffold_site_update(const float *ci, const float *c, const float *x_global, const float *y_local,
+                                  int64_t local_steps, float lr_local, size_t n, float *ci_new_out, float *dc_out)
+{
+    if (!ci || !c || !x_global || !y_local || !ci_new_out || !dc_out)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: NULL argument");
+    if (local_steps < 1)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: %lld local steps; needs at least 1",
+                        (long long)local_steps);
+    if (!(lr_local > 0.0f))
+        return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: local learning rate %g must be > 0",
+                        (double)lr_local);
+    /* Option II: (x − y)/(K·ηl) is the average corrected gradient over the local steps, so ck⁺ estimates the
+     * site's own gradient without an extra pass over its data. */
+    double inv = 1.0 / ((double)local_steps * (double)lr_local);
+#pragma omp parallel for schedule(static) if (n >= SITE_OMP_MIN)
+    for (size_t i = 0; i < n; i++) {
+        double old = ci[i];
+        double nw = old - (double)c[i] + ((double)x_global[i] - (double)y_local[i]) * inv;
+        dc_out[i] = (float)(nw - old);
+        ci_new_out[i] = (float)nw; /* written last: ci_new_out may alias ci */
+    }
+    return FM_OK;
+}

@@ -1,0 +1,704 @@
+/* The control plane's wire codec, chunked tensor streams and server state machine, without sockets: garbage,
+ * truncated, oversized and non-finite messages are refused with a clear error; wrong tokens, run ids, rounds,
+ * sites, sample counts and duplicate pushes are refused and leave the server's state as it was; updates pushed
+ * in any order aggregate bit-identically to the in-order (`fedmm sim`) sum. */
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#ifdef FEDMM_WITH_GRPC
+#include "fedmm/site_train.h"
+#include "net/fedsrv.h"
+#include "net/net.h"
+#include "net/wire.h"
+
+#include <pthread.h>
+#include <time.h>
+
+/* odd block sizes, one empty block, one larger than a chunk */
+static const size_t kSizes[] = {7, 0, 131, 3, 29};
+#define NB (sizeof kSizes / sizeof kSizes[0])
+#define CHUNK 10
+
+/* with_empty = 0 turns the empty block into a 2-float one (strategies refuse empty blocks). */
+static size_t make_blocks_ex(fm_strategy_block *b, int with_empty)
+{
+    static const char *names[] = {"a", "empty", "big", "c", "d"};
+    size_t off = 0;
+    for (size_t i = 0; i < NB; i++) {
+        size_t n = kSizes[i] == 0 && !with_empty ? 2 : kSizes[i];
+        b[i] = (fm_strategy_block){.name = names[i], .offset = off, .numel = n, .layer = -1, .n_layers = 1};
+        off += n;
+    }
+    return off;
+}
+
+static size_t make_blocks(fm_strategy_block *b) { return make_blocks_ex(b, 1); }
+
+static void test_crc32c(void **state)
+{
+    (void)state;
+    assert_int_equal(fm_crc32c(0, "123456789", 9), 0xE3069283u); /* the standard check value */
+    fm_rng rng = fm_rng_make(fm_test_seed(), 1);
+    uint8_t buf[1001];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)((uint32_t)fm_rng_u64(&rng) & 0xFF);
+    uint32_t whole = fm_crc32c(0, buf, sizeof buf);
+    assert_int_equal(fm_crc32c(fm_crc32c(0, buf, 377), buf + 377, sizeof buf - 377), whole);
+    buf[500] ^= 0x10;
+    assert_int_not_equal(fm_crc32c(0, buf, sizeof buf), whole);
+}
+
+/* Streams src's selected blocks through encode → decode → rx into dst. */
+static fm_status stream(const float *src, float *dst, const fm_strategy_block *b, const uint8_t *select)
+{
+    fm_tensor_tx tx;
+    fm_tensor_rx rx;
+    fm_tensor_tx_init(&tx, src, b, NB, select, CHUNK, "run1", 3, 2);
+    fm_tensor_rx_init(&rx, dst, b, NB, select);
+    fm_wire_chunk ch;
+    while (fm_tensor_tx_next(&tx, &ch)) {
+        fm_wire_buf buf;
+        FM_TRY(fm_wire_encode_chunk(&ch, &buf));
+        fm_wire_chunk got;
+        fm_status st = fm_wire_decode_chunk(buf.data, buf.len, &got);
+        fm_wire_buf_free(&buf);
+        FM_TRY(st);
+        assert_string_equal(got.run_id, "run1");
+        assert_int_equal(got.round, 3);
+        assert_int_equal(got.site, 2);
+        st = fm_tensor_rx_add(&rx, &got);
+        fm_wire_chunk_free(&got);
+        FM_TRY(st);
+    }
+    return fm_tensor_rx_complete(&rx) ? FM_OK : FM_ERR_PARSE;
+}
+
+static void test_stream_roundtrip(void **state)
+{
+    (void)state;
+    fm_strategy_block b[NB];
+    size_t P = make_blocks(b);
+    fm_rng rng = fm_rng_make(fm_test_seed(), 2);
+    float *src = fm_test_alloc(P * sizeof(float)), *dst = fm_test_alloc(P * sizeof(float));
+    fm_test_fill(&rng, src, P, -3.0f, 3.0f);
+    for (size_t i = 0; i < P; i++)
+        dst[i] = 1234.5f;
+    const uint8_t select[NB] = {1, 1, 1, 0, 1};
+    assert_int_equal(stream(src, dst, b, select), FM_OK);
+    for (size_t k = 0; k < NB; k++)
+        for (size_t i = b[k].offset; i < b[k].offset + b[k].numel; i++)
+            assert_true(select[k] ? dst[i] == src[i] : dst[i] == 1234.5f);
+    assert_int_equal(stream(src, dst, b, NULL), FM_OK);
+    assert_memory_equal(dst, src, P * sizeof(float));
+    free(src);
+    free(dst);
+}
+
+static void test_garbage_truncated_oversized(void **state)
+{
+    (void)state;
+    fm_rng rng = fm_rng_make(fm_test_seed(), 3);
+    uint8_t junk[300];
+    for (int trial = 0; trial < 200; trial++) {
+        size_t n = 1 + (uint32_t)fm_rng_u64(&rng) % sizeof junk;
+        for (size_t i = 0; i < n; i++)
+            junk[i] = (uint8_t)(uint32_t)fm_rng_u64(&rng);
+        /* random bytes: decoders must not crash; what they accept must still fail the stream checks */
+        fm_wire_chunk c;
+        if (fm_wire_decode_chunk(junk, n, &c) == FM_OK) {
+            fm_strategy_block b[NB];
+            float dst[256];
+            make_blocks(b);
+            fm_tensor_rx rx;
+            fm_tensor_rx_init(&rx, dst, b, NB, NULL);
+            fm_status st = fm_tensor_rx_add(&rx, &c);
+            assert_true(st != FM_OK || !fm_tensor_rx_complete(&rx));
+            fm_wire_chunk_free(&c);
+        }
+        fm_wire_push_msg m;
+        if (fm_wire_decode_push(junk, n, &m) == FM_OK)
+            fm_wire_push_msg_free(&m);
+        fm_wire_join j;
+        (void)fm_wire_decode_join(junk, n, &j);
+    }
+    /* a chunk cut anywhere: refused, or refused by the stream */
+    float data[5];
+    fm_test_fill(&rng, data, 5, -1.0f, 1.0f);
+    fm_strategy_block one = {.name = "t", .offset = 0, .numel = 5, .layer = -1, .n_layers = 1};
+    fm_wire_chunk c = {.round = 1,
+                       .site = 0,
+                       .tensor = 0,
+                       .numel = 5,
+                       .offset = 0,
+                       .count = 5,
+                       .data = data,
+                       .crc32c = fm_crc32c(0, data, sizeof data)};
+    strcpy(c.run_id, "r");
+    fm_wire_buf buf;
+    assert_int_equal(fm_wire_encode_chunk(&c, &buf), FM_OK);
+    for (size_t cut = 0; cut < buf.len; cut++) {
+        fm_wire_chunk got;
+        float dst[5];
+        if (fm_wire_decode_chunk(buf.data, cut, &got) != FM_OK)
+            continue;
+        fm_tensor_rx rx;
+        fm_tensor_rx_init(&rx, dst, &one, 1, NULL);
+        fm_status st = fm_tensor_rx_add(&rx, &got);
+        assert_true(st != FM_OK || !fm_tensor_rx_complete(&rx));
+        fm_wire_chunk_free(&got);
+    }
+    /* the whole message passes, so the loop above did test something */
+    fm_wire_chunk got;
+    assert_int_equal(fm_wire_decode_chunk(buf.data, buf.len, &got), FM_OK);
+    fm_wire_chunk_free(&got);
+    /* a flipped data byte: the CRC catches it */
+    buf.data[buf.len - 8] ^= 0x01;
+    if (fm_wire_decode_chunk(buf.data, buf.len, &got) == FM_OK) {
+        fm_tensor_rx rx;
+        float dst[5];
+        fm_tensor_rx_init(&rx, dst, &one, 1, NULL);
+        assert_int_equal(fm_tensor_rx_add(&rx, &got), FM_ERR_PARSE);
+        fm_wire_chunk_free(&got);
+    }
+    fm_wire_buf_free(&buf);
+    /* oversized */
+    size_t big = FM_WIRE_MAX_MESSAGE + 1;
+    uint8_t *huge = calloc(big, 1);
+    assert_non_null(huge);
+    assert_int_equal(fm_wire_decode_chunk(huge, big, &got), FM_ERR_RANGE);
+    fm_wire_push_msg m;
+    assert_int_equal(fm_wire_decode_push(huge, big, &m), FM_ERR_RANGE);
+    free(huge);
+    /* and a chunk over the limit cannot be encoded */
+    c.count = FM_WIRE_CHUNK_FLOATS + 1;
+    assert_int_equal(fm_wire_encode_chunk(&c, &buf), FM_ERR_INVALID_ARG);
+}
+
+static void test_non_finite_refused(void **state)
+{
+    (void)state;
+    fm_rng rng = fm_rng_make(fm_test_seed(), 4);
+    float data[9];
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (int t = 0; t < 3; t++) {
+        fm_test_fill(&rng, data, 9, -1.0f, 1.0f);
+        size_t where = (uint32_t)fm_rng_u64(&rng) % 9;
+        data[where] = bad[t];
+        fm_wire_chunk c = {.round = 1, .numel = 9, .count = 9, .data = data};
+        strcpy(c.run_id, "r");
+        fm_wire_buf buf;
+        assert_int_equal(fm_wire_encode_push_chunk(&c, &buf), FM_OK);
+        fm_wire_push_msg m;
+        assert_int_equal(fm_wire_decode_push(buf.data, buf.len, &m), FM_ERR_NOT_FINITE);
+        char want[64];
+        snprintf(want, sizeof want, "element %zu", where);
+        assert_non_null(strstr(fm_last_error(), want));
+        fm_wire_buf_free(&buf);
+    }
+}
+
+static void test_stream_order_checks(void **state)
+{
+    (void)state;
+    fm_strategy_block b[NB];
+    size_t P = make_blocks(b);
+    fm_rng rng = fm_rng_make(fm_test_seed(), 5);
+    float *src = fm_test_alloc(P * sizeof(float)), *dst = fm_test_alloc(P * sizeof(float));
+    fm_test_fill(&rng, src, P, -1.0f, 1.0f);
+    fm_tensor_tx tx;
+    fm_wire_chunk first, second;
+    fm_tensor_tx_init(&tx, src, b, NB, NULL, CHUNK, "r", 1, 0);
+    assert_true(fm_tensor_tx_next(&tx, &first));  /* block a, whole (7 floats) */
+    assert_true(fm_tensor_tx_next(&tx, &second)); /* block big, first 10 */
+    fm_tensor_rx rx;
+    fm_tensor_rx_init(&rx, dst, b, NB, NULL);
+    assert_int_equal(fm_tensor_rx_add(&rx, &second), FM_ERR_PARSE); /* out of order */
+    fm_wire_chunk wrong = first;
+    wrong.numel = 8;
+    assert_int_equal(fm_tensor_rx_add(&rx, &wrong), FM_ERR_PARSE); /* wrong numel */
+    wrong = first;
+    wrong.crc32c ^= 1u;
+    assert_int_equal(fm_tensor_rx_add(&rx, &wrong), FM_ERR_PARSE); /* bad checksum */
+    assert_int_equal(fm_tensor_rx_add(&rx, &first), FM_OK);
+    assert_int_equal(fm_tensor_rx_add(&rx, &first), FM_ERR_PARSE); /* a repeat */
+    assert_int_equal(fm_tensor_rx_add(&rx, &second), FM_OK);
+    assert_false(fm_tensor_rx_complete(&rx));
+    free(src);
+    free(dst);
+}
+
+/* ---- the server state machine ----------------------------------------------------------------------- */
+
+#define N_SITES 5
+#define PER_ROUND 3
+#define ROUNDS 2
+
+typedef struct fixture {
+    fm_strategy_block b[NB];
+    size_t P;
+    int64_t samples[N_SITES];
+    uint8_t trained[N_SITES * NB];
+    char tokens[N_SITES][65];
+    const char *token_ptrs[N_SITES];
+    float *init;
+    fm_strategy *strategy;
+    fm_fedsrv *srv;
+    float *deltas[N_SITES]; /* this round's update of each site */
+} fixture;
+
+static void fixture_init(fixture *f, uint64_t stream)
+{
+    memset(f, 0, sizeof *f);
+    f->P = make_blocks_ex(f->b, 0);
+    fm_rng rng = fm_rng_make(fm_test_seed(), stream);
+    f->init = fm_test_alloc(f->P * sizeof(float));
+    fm_test_fill(&rng, f->init, f->P, -1.0f, 1.0f);
+    for (int k = 0; k < N_SITES; k++) {
+        f->samples[k] = 10 + (int64_t)((uint32_t)fm_rng_u64(&rng) % 90);
+        for (size_t i = 0; i < NB; i++)
+            f->trained[k * NB + i] = (uint8_t)(k == 2 && i == 2 ? 0 : 1); /* site 2 skips block "big" */
+        assert_int_equal(fm_net_site_token("a-test-secret-of-some-length", k, f->tokens[k]), FM_OK);
+        f->token_ptrs[k] = f->tokens[k];
+        f->deltas[k] = fm_test_alloc(f->P * sizeof(float));
+        fm_test_fill(&rng, f->deltas[k], f->P, -0.5f, 0.5f);
+    }
+    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
+    assert_int_equal(fm_strategy_create(&f->strategy, &sc, f->P, f->b, NB, f->init), FM_OK);
+    fm_fedsrv_config fc = {.run_id = "run-xyz",
+                           .rounds = ROUNDS,
+                           .num_sites = N_SITES,
+                           .sites_per_round = PER_ROUND,
+                           .seed = 42,
+                           .local_steps = 3,
+                           .model_family = "clip-tiny",
+                           .n_params = f->P,
+                           .blocks = f->b,
+                           .n_blocks = NB,
+                           .site_samples = f->samples,
+                           .site_trained = f->trained,
+                           .tokens = f->token_ptrs,
+                           .strategy = f->strategy};
+    assert_int_equal(fm_fedsrv_create(&f->srv, &fc), FM_OK);
+}
+
+static void fixture_free(fixture *f)
+{
+    fm_fedsrv_destroy(f->srv);
+    fm_strategy_destroy(f->strategy);
+    free(f->init);
+    for (int k = 0; k < N_SITES; k++)
+        free(f->deltas[k]);
+}
+
+static void header_for(const fixture *f, int k, int64_t round, fm_wire_push_header *h)
+{
+    memset(h, 0, sizeof *h);
+    strcpy(h->run_id, "run-xyz");
+    h->round = round;
+    h->site = k;
+    h->n_samples = f->samples[k];
+    h->loss = 1.5;
+    h->n_params = f->P;
+    h->n_blocks = NB;
+    memcpy(h->trained, f->trained + (size_t)k * NB, NB);
+}
+
+/* A whole push through the codec; stop_after >= 0 ends the stream after that many chunks. */
+static int push(fixture *f, const fm_wire_push_header *h0, const char *bearer, int stop_after)
+{
+    fm_wire_buf buf;
+    fm_wire_push_msg m;
+    assert_int_equal(fm_wire_encode_push_header(h0, &buf), FM_OK);
+    assert_int_equal(fm_wire_decode_push(buf.data, buf.len, &m), FM_OK);
+    fm_wire_buf_free(&buf);
+    fm_fedsrv_push *p = NULL;
+    int code = fm_fedsrv_push_begin(f->srv, bearer, m.header, &p);
+    fm_wire_push_msg_free(&m);
+    if (code)
+        return code;
+    fm_tensor_tx tx;
+    fm_wire_chunk ch;
+    fm_tensor_tx_init(&tx, f->deltas[h0->site], f->b, NB, h0->trained, CHUNK, h0->run_id, h0->round, h0->site);
+    for (int n = 0; code == 0 && fm_tensor_tx_next(&tx, &ch) && n != stop_after; n++) {
+        assert_int_equal(fm_wire_encode_push_chunk(&ch, &buf), FM_OK);
+        assert_int_equal(fm_wire_decode_push(buf.data, buf.len, &m), FM_OK);
+        fm_wire_buf_free(&buf);
+        code = fm_fedsrv_push_chunk(f->srv, p, &m.chunk);
+        fm_wire_push_msg_free(&m);
+    }
+    fm_wire_reply reply;
+    if (code == 0)
+        code = fm_fedsrv_push_end(f->srv, p, &reply);
+    fm_fedsrv_push_free(p);
+    return code;
+}
+
+static int chosen_in(int round, int *chosen)
+{
+    assert_int_equal(fm_round_sites(42, round, N_SITES, PER_ROUND, chosen), FM_OK);
+    return PER_ROUND;
+}
+
+static int not_chosen(const int *chosen)
+{
+    for (int k = 0; k < N_SITES; k++) {
+        int in = 0;
+        for (int i = 0; i < PER_ROUND; i++)
+            in |= chosen[i] == k;
+        if (!in)
+            return k;
+    }
+    return -1;
+}
+
+static void test_server_refusals_leave_state(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 6);
+    int chosen[PER_ROUND];
+    chosen_in(1, chosen);
+    const int k = chosen[0];
+    float *before = fm_test_alloc(f.P * sizeof(float));
+    memcpy(before, fm_strategy_global(f.strategy), f.P * sizeof(float));
+    fm_wire_push_header h;
+    fm_wire_task task;
+
+    /* Join: wrong token, site out of range, other model */
+    fm_wire_join j;
+    memset(&j, 0, sizeof j);
+    j.site = k;
+    strcpy(j.token, f.tokens[k]);
+    strcpy(j.model_family, "clip-tiny");
+    j.n_params = f.P;
+    j.n_blocks = NB;
+    assert_int_equal(fm_fedsrv_join(f.srv, f.tokens[(k + 1) % N_SITES], &j, &task), FM_NET_UNAUTHENTICATED);
+    assert_int_equal(fm_fedsrv_join(f.srv, NULL, &j, &task), FM_NET_UNAUTHENTICATED);
+    j.site = N_SITES;
+    assert_int_equal(fm_fedsrv_join(f.srv, f.tokens[k], &j, &task), FM_NET_INVALID_ARGUMENT);
+    j.site = k;
+    j.n_params = f.P + 1;
+    assert_int_equal(fm_fedsrv_join(f.srv, f.tokens[k], &j, &task), FM_NET_FAILED_PRECONDITION);
+    j.n_params = f.P;
+    assert_int_equal(fm_fedsrv_join(f.srv, f.tokens[k], &j, &task), FM_NET_OK);
+    assert_int_equal(task.action, FM_ACTION_TRAIN);
+    assert_int_equal(task.round, 1);
+
+    /* Push refusals: each one leaves the round as it was */
+    header_for(&f, k, 1, &h);
+    assert_int_equal(push(&f, &h, f.tokens[(k + 1) % N_SITES], -1), FM_NET_UNAUTHENTICATED);
+    strcpy(h.run_id, "another-run");
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_FAILED_PRECONDITION);
+    header_for(&f, k, 0, &h);
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_FAILED_PRECONDITION); /* stale */
+    assert_non_null(strstr(fm_last_error(), "stale"));
+    header_for(&f, k, 2, &h);
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_FAILED_PRECONDITION); /* future */
+    const int idle = not_chosen(chosen);
+    header_for(&f, idle, 1, &h);
+    assert_int_equal(push(&f, &h, f.tokens[idle], -1), FM_NET_FAILED_PRECONDITION); /* not sampled */
+    header_for(&f, k, 1, &h);
+    h.n_samples += 1;
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_INVALID_ARGUMENT); /* wrong count */
+    header_for(&f, k, 1, &h);
+    h.trained[0] ^= 1;
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_INVALID_ARGUMENT); /* wrong blocks */
+    header_for(&f, k, 1, &h);
+    h.n_params = f.P - 1;
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_INVALID_ARGUMENT); /* wrong size */
+    header_for(&f, k, 1, &h);
+    assert_int_equal(push(&f, &h, f.tokens[k], 3), FM_NET_INVALID_ARGUMENT); /* truncated stream */
+    assert_int_equal(fm_strategy_num_updates(f.strategy), 0);
+    assert_memory_equal(fm_strategy_global(f.strategy), before, f.P * sizeof(float));
+    assert_int_equal(fm_fedsrv_round(f.srv), 1);
+
+    /* a chunk of another site inside this push */
+    fm_fedsrv_push *p = NULL;
+    header_for(&f, k, 1, &h);
+    assert_int_equal(fm_fedsrv_push_begin(f.srv, f.tokens[k], &h, &p), FM_NET_OK);
+    fm_wire_chunk ch = {
+        .round = 1, .site = (k + 1) % N_SITES, .tensor = 0, .numel = kSizes[0], .count = 1, .data = f.deltas[k]};
+    strcpy(ch.run_id, "run-xyz");
+    assert_int_equal(fm_fedsrv_push_chunk(f.srv, p, &ch), FM_NET_INVALID_ARGUMENT);
+    fm_fedsrv_push_free(p);
+
+    /* the same site can still push, once */
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_OK);
+    assert_int_equal(push(&f, &h, f.tokens[k], -1), FM_NET_ALREADY_EXISTS);
+    assert_non_null(strstr(fm_last_error(), "duplicate"));
+    fm_wire_ref hb = {.round = 1, .site = k};
+    strcpy(hb.run_id, "run-xyz");
+    assert_int_equal(fm_fedsrv_heartbeat(f.srv, f.tokens[k], &hb, &task), FM_NET_OK);
+    assert_int_equal(task.action, FM_ACTION_WAIT);
+    const float *g = NULL;
+    assert_int_equal(fm_fedsrv_pull(f.srv, f.tokens[k], &hb, &g), FM_NET_ALREADY_EXISTS);
+    free(before);
+    fixture_free(&f);
+}
+
+/* Pushes arriving in reverse site order give the same global vector, bit for bit, as adding the updates in
+ * ascending order (what `fedmm sim` does). */
+static void test_server_aggregates_in_site_order(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 7);
+    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
+    fm_strategy *ref = NULL;
+    assert_int_equal(fm_strategy_create(&ref, &sc, f.P, f.b, NB, f.init), FM_OK);
+    for (int round = 1; round <= ROUNDS; round++) {
+        int chosen[PER_ROUND];
+        chosen_in(round, chosen);
+        assert_int_equal(fm_strategy_begin_round(ref, round), FM_OK);
+        for (int i = 0; i < PER_ROUND; i++) {
+            int k = chosen[i];
+            fm_site_update u = {.n_params = f.P,
+                                .delta = f.deltas[k],
+                                .weight = (double)f.samples[k],
+                                .n_blocks = NB,
+                                .trained = f.trained + (size_t)k * NB};
+            /* the server zeroes untrained blocks; the strategy ignores them either way */
+            assert_int_equal(fm_strategy_add_update(ref, &u), FM_OK);
+        }
+        assert_int_equal(fm_strategy_finish_round(ref, NULL), FM_OK);
+        for (int i = PER_ROUND - 1; i >= 0; i--) {
+            fm_wire_push_header h;
+            header_for(&f, chosen[i], round, &h);
+            assert_int_equal(push(&f, &h, f.tokens[chosen[i]], -1), FM_NET_OK);
+            assert_int_equal(fm_fedsrv_round(f.srv), i == 0 ? round + 1 : round);
+        }
+        assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
+        assert_memory_not_equal(fm_strategy_global(f.strategy), f.init, f.P * sizeof(float));
+    }
+    assert_true(fm_fedsrv_done(f.srv));
+    fm_wire_ref hb = {.round = ROUNDS, .site = 0};
+    strcpy(hb.run_id, "run-xyz");
+    fm_wire_task task;
+    assert_int_equal(fm_fedsrv_heartbeat(f.srv, f.tokens[0], &hb, &task), FM_NET_OK);
+    assert_int_equal(task.action, FM_ACTION_DONE);
+    assert_false(fm_fedsrv_all_released(f.srv)); /* the sites that pushed have not heard DONE yet */
+    for (int k = 0; k < N_SITES; k++) {
+        hb.site = k;
+        assert_int_equal(fm_fedsrv_heartbeat(f.srv, f.tokens[k], &hb, &task), FM_NET_OK);
+    }
+    assert_true(fm_fedsrv_all_released(f.srv));
+    fm_strategy_destroy(ref);
+    fixture_free(&f);
+}
+
+/* ---- a live server on 127.0.0.1 ------------------------------------------------------------------------ */
+
+typedef struct live {
+    fixture *f;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int port; /* 0 until bound, −1 if serving ended without binding */
+    fm_status result;
+} live;
+
+static void live_on_listen(void *ctx, int port)
+{
+    live *l = ctx;
+    pthread_mutex_lock(&l->mu);
+    l->port = port;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void *live_main(void *arg)
+{
+    live *l = arg;
+    fm_net_server_options so = {
+        .listen = "127.0.0.1:0", .call_timeout_s = 5, .release_grace_s = 5, .on_listen = live_on_listen, .ctx = l};
+    l->result = fm_net_serve(l->f->srv, &so);
+    pthread_mutex_lock(&l->mu);
+    if (l->port == 0)
+        l->port = -1;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static fm_wire_buf buf_of(fm_status st, fm_wire_buf b)
+{
+    assert_int_equal(st, FM_OK);
+    return b;
+}
+
+/* Garbage, oversized, truncated, non-finite and unauthenticated calls each get an error status; the server goes
+ * on serving, and the full federation then runs through real gRPC calls to the same result as in-order
+ * aggregation. */
+static void test_live_server(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 8);
+    live l = {.f = &f};
+    pthread_mutex_init(&l.mu, NULL);
+    pthread_cond_init(&l.cv, NULL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, live_main, &l), 0);
+    pthread_mutex_lock(&l.mu);
+    while (l.port == 0)
+        pthread_cond_wait(&l.cv, &l.mu);
+    pthread_mutex_unlock(&l.mu);
+    assert_true(l.port > 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", l.port);
+    fm_net_client *c[N_SITES], *bad = NULL;
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(fm_net_client_create(&c[k], target, f.tokens[k], 20), FM_OK);
+    assert_int_equal(fm_net_client_create(&bad, target, "wrong-token", 20), FM_OK);
+
+    /* garbage to every method */
+    fm_rng rng = fm_rng_make(fm_test_seed(), 9);
+    uint8_t junk[97];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(0x80 | fm_rng_u64(&rng)); /* continuation bits everywhere: never a whole varint */
+    fm_wire_buf g = {.data = junk, .len = sizeof junk};
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Join", &g, 1), FM_NET_INVALID_ARGUMENT);
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Heartbeat", &g, 1), FM_NET_INVALID_ARGUMENT);
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Pull", &g, 1), FM_NET_INVALID_ARGUMENT);
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Push", &g, 1), FM_NET_INVALID_ARGUMENT);
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Nope", &g, 1), 12 /* UNIMPLEMENTED */);
+    /* oversized: over the server's receive limit */
+    size_t big = (size_t)FM_NET_MAX_RECEIVE + 4096;
+    fm_wire_buf o = {.data = calloc(big, 1), .len = big};
+    assert_non_null(o.data);
+    assert_int_equal(fm_net_call_raw(c[0], "/fedmm.Federation/Join", &o, 1), 8 /* RESOURCE_EXHAUSTED */);
+    free(o.data);
+    /* wrong token */
+    fm_wire_join j;
+    memset(&j, 0, sizeof j);
+    j.site = 0;
+    strcpy(j.token, "wrong-token");
+    strcpy(j.model_family, "clip-tiny");
+    j.n_params = f.P;
+    j.n_blocks = NB;
+    fm_wire_task task;
+    assert_int_equal(fm_net_join(bad, &j, &task), FM_ERR_NETWORK);
+    assert_int_equal(fm_net_last_code(bad), FM_NET_UNAUTHENTICATED);
+
+    int chosen[PER_ROUND];
+    chosen_in(1, chosen);
+    const int k0 = chosen[0];
+    /* a truncated push: header and the first chunk only */
+    fm_wire_push_header h;
+    header_for(&f, k0, 1, &h);
+    fm_tensor_tx tx;
+    fm_wire_chunk ch;
+    fm_tensor_tx_init(&tx, f.deltas[k0], f.b, NB, h.trained, CHUNK, h.run_id, 1, k0);
+    assert_true(fm_tensor_tx_next(&tx, &ch));
+    fm_wire_buf msgs[2];
+    msgs[0] = buf_of(fm_wire_encode_push_header(&h, &msgs[0]), msgs[0]);
+    msgs[1] = buf_of(fm_wire_encode_push_chunk(&ch, &msgs[1]), msgs[1]);
+    assert_int_equal(fm_net_call_raw(c[k0], "/fedmm.Federation/Push", msgs, 2), FM_NET_INVALID_ARGUMENT);
+    fm_wire_buf_free(&msgs[1]);
+    /* a NaN in the first chunk */
+    float nan_data[CHUNK];
+    memcpy(nan_data, ch.data, ch.count * sizeof(float));
+    nan_data[ch.count / 2] = NAN;
+    ch.data = nan_data;
+    msgs[1] = buf_of(fm_wire_encode_push_chunk(&ch, &msgs[1]), msgs[1]);
+    assert_int_equal(fm_net_call_raw(c[k0], "/fedmm.Federation/Push", msgs, 2), FM_NET_INVALID_ARGUMENT);
+    fm_wire_buf_free(&msgs[0]);
+    fm_wire_buf_free(&msgs[1]);
+    assert_int_equal(fm_strategy_num_updates(f.strategy), 0);
+
+    /* the federation itself, pushes in reverse site order, against the in-order reference */
+    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
+    fm_strategy *ref = NULL;
+    assert_int_equal(fm_strategy_create(&ref, &sc, f.P, f.b, NB, f.init), FM_OK);
+    float *pulled = fm_test_alloc(f.P * sizeof(float));
+    for (int round = 1; round <= ROUNDS; round++) {
+        chosen_in(round, chosen);
+        for (int i = PER_ROUND - 1; i >= 0; i--) {
+            const int k = chosen[i];
+            j.site = k;
+            strcpy(j.token, f.tokens[k]);
+            assert_int_equal(fm_net_join(c[k], &j, &task), FM_OK);
+            assert_int_equal(task.action, FM_ACTION_TRAIN);
+            assert_int_equal(task.round, round);
+            fm_wire_ref r = {.round = round, .site = k};
+            strcpy(r.run_id, task.run_id);
+            assert_int_equal(fm_net_pull(c[k], &r, pulled, f.b, NB), FM_OK);
+            assert_memory_equal(pulled, fm_strategy_global(ref), f.P * sizeof(float));
+            header_for(&f, k, round, &h);
+            fm_wire_reply reply;
+            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_OK);
+            assert_true(reply.accepted);
+            /* a second push of the same round: refused as a duplicate (or as stale once the round closed) */
+            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_ERR_NETWORK);
+            const int code = fm_net_last_code(c[k]);
+            assert_int_equal(code, i == 0 ? FM_NET_FAILED_PRECONDITION : FM_NET_ALREADY_EXISTS);
+        }
+        assert_int_equal(fm_strategy_begin_round(ref, round), FM_OK);
+        for (int i = 0; i < PER_ROUND; i++) {
+            fm_site_update u = {.n_params = f.P,
+                                .delta = f.deltas[chosen[i]],
+                                .weight = (double)f.samples[chosen[i]],
+                                .n_blocks = NB,
+                                .trained = f.trained + (size_t)chosen[i] * NB};
+            assert_int_equal(fm_strategy_add_update(ref, &u), FM_OK);
+        }
+        assert_int_equal(fm_strategy_finish_round(ref, NULL), FM_OK);
+    }
+    /* every site that took part hears DONE, and the server leaves */
+    int took_part[N_SITES] = {0};
+    for (int round = 1; round <= ROUNDS; round++) {
+        chosen_in(round, chosen);
+        for (int i = 0; i < PER_ROUND; i++)
+            took_part[chosen[i]] = 1;
+    }
+    for (int k = 0; k < N_SITES; k++) {
+        if (!took_part[k])
+            continue;
+        fm_wire_ref hb = {.round = ROUNDS, .site = k};
+        strcpy(hb.run_id, "run-xyz");
+        assert_int_equal(fm_net_heartbeat(c[k], &hb, &task), FM_OK);
+        assert_int_equal(task.action, FM_ACTION_DONE);
+    }
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(l.result, FM_OK);
+    assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
+    for (int k = 0; k < N_SITES; k++)
+        fm_net_client_destroy(c[k]);
+    fm_net_client_destroy(bad);
+    fm_strategy_destroy(ref);
+    free(pulled);
+    pthread_mutex_destroy(&l.mu);
+    pthread_cond_destroy(&l.cv);
+    fixture_free(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_stream_roundtrip),
+        cmocka_unit_test(test_garbage_truncated_oversized),
+        cmocka_unit_test(test_non_finite_refused),
+        cmocka_unit_test(test_stream_order_checks),
+        cmocka_unit_test(test_server_refusals_leave_state),
+        cmocka_unit_test(test_server_aggregates_in_site_order),
+        cmocka_unit_test(test_live_server),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+#else
+int main(void)
+{
+    printf("SKIP: built without gRPC (FEDMM_WITH_GRPC)\n");
+    return FM_TEST_SKIP;
+}
+#endif
