@@ -35,7 +35,8 @@ static void usage(void)
            "Runs site N (0 .. fl.sites-1) of the federation the config describes: joins the server, and for every\n"
            "round that samples this site pulls the global adapters, trains fl.local_steps steps on the site's own\n"
            "split and pushes the update. The bearer token is --token, else $FEDMM_TOKEN, else derived from\n"
-           "$FEDMM_SECRET. Exits 0 when the server says the federation is over.\n");
+           "$FEDMM_SECRET. Exits 0 when the server says the federation is over. TLS: net.tls_ca (the server's CA)\n"
+           "and, for mutual TLS, net.tls_cert + net.tls_key (this site's certificate) (docs/protocol.md).\n");
 }
 
 static void sleep_s(double s)
@@ -45,7 +46,12 @@ static void sleep_s(double s)
     }
 }
 
-static int transient(int code) { return code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */; }
+/* Worth retrying: the server is not up yet or busy. A failed TLS handshake is UNAVAILABLE too, but final. */
+static int transient(const fm_net_client *net)
+{
+    int code = fm_net_last_code(net);
+    return (code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */) && !fm_net_last_handshake_failed(net);
+}
 
 typedef struct client {
     fm_cli_run *run;
@@ -69,8 +75,17 @@ static fm_status ask(client *c, const fm_wire_join *j, const fm_wire_ref *h, fm_
     double waited = 0.0, backoff = 0.1;
     for (;;) {
         fm_status st = j ? fm_net_join(c->net, j, task) : fm_net_heartbeat(c->net, h, task);
-        if (st == FM_OK || !transient(fm_net_last_code(c->net)) || waited >= patience_s)
+        if (st == FM_OK || !transient(c->net) || waited >= patience_s) {
+            if (st != FM_OK && fm_net_last_handshake_failed(c->net)) {
+                char why[512];
+                snprintf(why, sizeof why, "%s", fm_last_error());
+                return fm_error(FM_ERR_NETWORK,
+                                "site %d: the server closed the connection while it was set up: TLS on one side "
+                                "only, or a certificate refused (check net.tls_ca, net.tls_cert, net.tls_key): %s",
+                                c->site, why);
+            }
             return st;
+        }
         FM_INFO("site %d: server not reachable (%s), retrying in %.1f s", c->site, fm_last_error(), backoff);
         sleep_s(backoff);
         waited += backoff;
@@ -124,7 +139,7 @@ static fm_status train_round(client *c, const fm_wire_task *task)
     return FM_OK;
 }
 
-static fm_status run_site(client *c, const char *token, const char *target)
+static fm_status run_site(client *c, const char *token, const char *target, const fm_net_tls *tls)
 {
     const fm_cli_run *run = c->run;
     const fm_sim_options *o = c->o;
@@ -146,7 +161,7 @@ static fm_status run_site(client *c, const char *token, const char *target)
         return fm_error(FM_ERR_NO_MEMORY, "client: out of memory");
     const fm_site_data *site = &c->sites[c->site];
     fm_site_trained_blocks(c->model, site->modality, c->trained, NULL);
-    FM_TRY(fm_net_client_create(&c->net, target, token, 120.0));
+    FM_TRY(fm_net_client_create_tls(&c->net, target, token, 120.0, tls));
 
     fm_wire_join j;
     memset(&j, 0, sizeof j);
@@ -224,9 +239,20 @@ int fm_cli_client(int argc, char **argv)
         return rc;
     }
     fm_sim_options o;
+    fm_cli_net_options no;
+    memset(&no, 0, sizeof no);
     fm_status s = fm_cli_read_fl(&run, &args, &o);
     if (s == FM_OK)
+        s = fm_cli_read_net(&run, &no);
+    if (s == FM_OK)
         s = fm_config_check_unused(run.cfg);
+    fm_net_tls tls = {.ca_path = no.tls_ca,
+                      .cert_path = no.tls_cert,
+                      .key_path = no.tls_key,
+                      .mtls = 0,
+                      .server_name = no.tls_server_name};
+    if (s == FM_OK)
+        s = fm_net_tls_check(&tls, 0);
     if (s != FM_OK) {
         rc = fm_cli_fail("client", "config", s);
         fm_cli_teardown(&run);
@@ -244,7 +270,7 @@ int fm_cli_client(int argc, char **argv)
     c.o = &o;
     c.site = (int)site;
     if (s == FM_OK)
-        s = run_site(&c, token, target);
+        s = run_site(&c, token, target, &tls);
     rc = s == FM_OK ? 0 : fm_cli_fail("client", "run", s);
     fm_net_client_destroy(c.net);
     fm_site_trainer_destroy(c.trainer);

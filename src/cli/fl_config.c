@@ -100,6 +100,31 @@ fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_option
     return FM_OK;
 }
 
+/* An optional path key: absent or "" is NULL. */
+static fm_status opt_str(fm_config *c, const char *key, const char **out)
+{
+    FM_TRY(fm_config_str(c, key, NULL, out));
+    if (*out && !**out)
+        *out = NULL;
+    return FM_OK;
+}
+
+fm_status fm_cli_read_net(fm_cli_run *run, fm_cli_net_options *o)
+{
+    fm_config *c = run->cfg;
+    memset(o, 0, sizeof *o);
+    FM_TRY(opt_str(c, "net.tls_ca", &o->tls_ca));
+    FM_TRY(opt_str(c, "net.tls_cert", &o->tls_cert));
+    FM_TRY(opt_str(c, "net.tls_key", &o->tls_key));
+    FM_TRY(opt_str(c, "net.tls_server_name", &o->tls_server_name));
+    FM_TRY(fm_config_bool(c, "net.mtls", 0, &o->mtls));
+    FM_TRY(fm_config_float(c, "net.round_timeout_s", 0.0, 0.0, 1e9, &o->round_timeout_s));
+    int64_t v;
+    FM_TRY(fm_config_int(c, "fl.min_sites", 1, 1, 100000, &v));
+    o->min_sites = (int)v;
+    return FM_OK;
+}
+
 const char *fm_cli_take_flag(int *argc, char **argv, const char *name, int *bad)
 {
     const char *value = NULL;

@@ -40,7 +40,10 @@ static void usage(void)
            "`fedmm sim`'s. Port 0 picks a free port (printed as 'listening on port N'). Site k authenticates with\n"
            "its bearer token, keyed BLAKE2b of $FEDMM_SECRET and k (fedmm client derives it from the same\n"
            "variable, or takes --token). Writes DIR/adapters.safetensors, DIR/model.safetensors and\n"
-           "DIR/metrics.jsonl; exits 0 once the last round is aggregated and every site was told so.\n");
+           "DIR/metrics.jsonl; exits 0 once the last round is aggregated and every site was told so.\n"
+           "TLS: net.tls_cert + net.tls_key (PEM) serve over TLS; net.mtls: true with net.tls_ca also requires\n"
+           "client certificates signed by that CA. net.round_timeout_s (0 = none) closes a round at its deadline\n"
+           "with the sites that pushed, if at least fl.min_sites did (docs/protocol.md).\n");
 }
 
 typedef struct server_ctx {
@@ -96,7 +99,8 @@ static void state_free(server_state *s)
     fm_clip_destroy(s->model);
 }
 
-static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const char *listen, server_ctx *sc)
+static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_net_options *no, const char *listen,
+                       const fm_net_tls *tls, server_ctx *sc)
 {
     server_state s;
     memset(&s, 0, sizeof s);
@@ -150,14 +154,20 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const char *lis
                                .strategy = s.strategy,
                                .config_text = config_text,
                                .on_round = on_round,
-                               .ctx = sc};
+                               .ctx = sc,
+                               .round_timeout_s = no->round_timeout_s,
+                               .min_sites = no->min_sites};
         st = fm_fedsrv_create(&s.srv, &fc);
     }
     if (st == FM_OK) {
         FM_INFO("server: run %s, %s, %d sites, %d per round, %d rounds, %zu trainable parameters", run_id,
                 run->model.name, s.N, o->sites_per_round, o->rounds, P);
-        fm_net_server_options so = {
-            .listen = listen, .call_timeout_s = 60, .release_grace_s = 10, .on_listen = on_listen, .ctx = NULL};
+        fm_net_server_options so = {.tls = tls,
+                                    .listen = listen,
+                                    .call_timeout_s = 60,
+                                    .release_grace_s = 10,
+                                    .on_listen = on_listen,
+                                    .ctx = NULL};
         st = fm_net_serve(s.srv, &so);
     }
     if (st == FM_OK && !fm_fedsrv_done(s.srv))
@@ -209,9 +219,19 @@ int fm_cli_server(int argc, char **argv)
         return rc;
     }
     fm_sim_options o;
+    fm_cli_net_options no;
+    memset(&no, 0, sizeof no);
     fm_status s = fm_cli_read_fl(&run, &args, &o);
     if (s == FM_OK)
+        s = fm_cli_read_net(&run, &no);
+    if (s == FM_OK)
         s = fm_config_check_unused(run.cfg);
+    fm_net_tls tls = {
+        .ca_path = no.tls_ca, .cert_path = no.tls_cert, .key_path = no.tls_key, .mtls = no.mtls, .server_name = NULL};
+    if (s == FM_OK)
+        s = fm_net_tls_check(&tls, 1);
+    if (s == FM_OK && no.min_sites > o.sites_per_round)
+        s = fm_error(FM_ERR_CONFIG, "fl.min_sites %d exceeds fl.sites_per_round %d", no.min_sites, o.sites_per_round);
     if (s == FM_OK && (o.local_only || o.strategy.kind == FM_STRATEGY_SCAFFOLD))
         s = fm_error(FM_ERR_UNSUPPORTED, "fl.strategy %s is not supported over the network yet (sim only)",
                      o.local_only ? "local" : "scaffold");
@@ -237,7 +257,7 @@ int fm_cli_server(int argc, char **argv)
         s = fm_metrics_open(&sc.log, path, 0);
     }
     if (s == FM_OK)
-        s = serve(&run, &o, listen, &sc);
+        s = serve(&run, &o, &no, listen, &tls, &sc);
     rc = s == FM_OK ? 0 : fm_cli_fail("server", "run", s);
     fm_metrics_close(&sc.log);
     fm_cli_teardown(&run);

@@ -20,6 +20,8 @@ struct fm_fedsrv {
     uint8_t *joined;   /* (N) */
     uint8_t *released; /* (N) told DONE */
     fm_status fatal;
+    double opened_at; /* when the open round opened (fm_now_seconds) */
+    int short_logged; /* the deadline passed with too few pushes, and the log said so */
 };
 
 struct fm_fedsrv_push {
@@ -73,6 +75,8 @@ static fm_status open_round(fm_fedsrv *s)
     FM_TRY(fm_round_sites(s->cfg.seed, s->round, s->cfg.num_sites, s->cfg.sites_per_round, s->chosen));
     memset(s->pushed, 0, (size_t)s->cfg.sites_per_round);
     s->next_add = 0;
+    s->opened_at = fm_now_seconds();
+    s->short_logged = 0;
     return fm_strategy_begin_round(s->cfg.strategy, s->round);
 }
 
@@ -98,6 +102,9 @@ fm_status fm_fedsrv_create(fm_fedsrv **out, const fm_fedsrv_config *cfg)
     if (cfg->rounds < 1 || cfg->num_sites < 1 || cfg->sites_per_round < 1 || cfg->sites_per_round > cfg->num_sites)
         return fm_error(FM_ERR_CONFIG, "server: %d rounds, %d of %d sites per round", cfg->rounds, cfg->sites_per_round,
                         cfg->num_sites);
+    if (cfg->round_timeout_s < 0 || cfg->min_sites < 0 || cfg->min_sites > cfg->sites_per_round)
+        return fm_error(FM_ERR_CONFIG, "server: round timeout %g s, min_sites %d of %d sites per round",
+                        cfg->round_timeout_s, cfg->min_sites, cfg->sites_per_round);
     if (strlen(cfg->run_id) > FM_WIRE_RUN_ID_MAX || cfg->n_blocks > FM_WIRE_MAX_BLOCKS)
         return fm_error(FM_ERR_CONFIG, "server: run id or block count over the wire limits");
     if (fm_strategy_num_params(cfg->strategy) != cfg->n_params)
@@ -310,6 +317,28 @@ int fm_fedsrv_push_chunk(fm_fedsrv *s, fm_fedsrv_push *p, const fm_wire_chunk *c
     return fm_tensor_rx_add(&p->rx, c) == FM_OK ? FM_NET_OK : FM_NET_INVALID_ARGUMENT;
 }
 
+/* Finishes the open round with the updates added so far (the loss is the mean over the sites that pushed) and
+ * opens the next. */
+static fm_status close_round(fm_fedsrv *s)
+{
+    const int m = s->cfg.sites_per_round;
+    FM_TRY(fm_strategy_finish_round(s->cfg.strategy, NULL));
+    double loss = 0.0;
+    int n = 0;
+    for (int i = 0; i < m; i++) {
+        if (s->pushed[i]) {
+            loss += s->losses[i];
+            n++;
+        }
+    }
+    if (s->cfg.on_round)
+        s->cfg.on_round(s->cfg.ctx, s->round, n ? loss / n : 0.0, fm_strategy_global(s->cfg.strategy));
+    s->round++;
+    if (s->round <= s->cfg.rounds)
+        FM_TRY(open_round(s));
+    return FM_OK;
+}
+
 /* Adds the parked updates that are next in site order; finishes the round when all are in. */
 static fm_status drain(fm_fedsrv *s)
 {
@@ -328,16 +357,50 @@ static fm_status drain(fm_fedsrv *s)
     }
     if (s->next_add < m)
         return FM_OK;
-    FM_TRY(fm_strategy_finish_round(s->cfg.strategy, NULL));
-    double loss = 0.0;
+    return close_round(s);
+}
+
+fm_status fm_fedsrv_poll(fm_fedsrv *s, double now)
+{
+    if (s->cfg.round_timeout_s <= 0 || fm_fedsrv_done(s) || s->fatal != FM_OK ||
+        now - s->opened_at < s->cfg.round_timeout_s)
+        return FM_OK;
+    const int m = s->cfg.sites_per_round, need = s->cfg.min_sites > 0 ? s->cfg.min_sites : 1;
+    int n = 0;
     for (int i = 0; i < m; i++)
-        loss += s->losses[i];
-    if (s->cfg.on_round)
-        s->cfg.on_round(s->cfg.ctx, s->round, loss / m, fm_strategy_global(s->cfg.strategy));
-    s->round++;
-    if (s->round <= s->cfg.rounds)
-        FM_TRY(open_round(s));
-    return FM_OK;
+        n += s->pushed[i];
+    if (n < need) {
+        if (!s->short_logged)
+            FM_WARN("server: round %d passed its %.1f s deadline with %d of %d pushes; waiting for fl.min_sites = %d",
+                    s->round, s->cfg.round_timeout_s, n, m, need);
+        s->short_logged = 1;
+        return FM_OK;
+    }
+    FM_WARN("server: round %d closed at its %.1f s deadline with %d of %d sites", s->round, s->cfg.round_timeout_s, n,
+            m);
+    /* the pushed updates not yet added, in site order, skipping the sites that did not push */
+    fm_status st = FM_OK;
+    for (int i = s->next_add; st == FM_OK && i < m; i++) {
+        if (!s->parked[i])
+            continue;
+        const int k = s->chosen[i];
+        fm_site_update u = {.n_params = s->cfg.n_params,
+                            .delta = s->parked[i],
+                            .weight = (double)s->cfg.site_samples[k],
+                            .n_blocks = s->cfg.n_blocks,
+                            .trained = s->cfg.site_trained + (size_t)k * s->cfg.n_blocks};
+        st = fm_strategy_add_update(s->cfg.strategy, &u);
+        free(s->parked[i]);
+        s->parked[i] = NULL;
+    }
+    s->next_add = m;
+    if (st == FM_OK)
+        st = close_round(s);
+    if (st != FM_OK) {
+        s->fatal = st;
+        FM_ERROR("server: aggregation failed: %s", fm_last_error());
+    }
+    return st;
 }
 
 int fm_fedsrv_push_end(fm_fedsrv *s, fm_fedsrv_push *p, fm_wire_reply *reply)

@@ -49,6 +49,10 @@ typedef struct fm_fedsrv_config {
     /* called after each finished round with the mean of the sites' reported losses */
     void (*on_round)(void *ctx, int round, double mean_loss, const float *global);
     void *ctx;
+    /* round deadline (net.round_timeout_s, 0 = none): once a round has been open this long and at least
+     * min_sites (fl.min_sites, ≥ 1) of its sites pushed, fm_fedsrv_poll closes it with those, in site order */
+    double round_timeout_s;
+    int min_sites;
 } fm_fedsrv_config;
 
 typedef struct fm_fedsrv fm_fedsrv;
@@ -70,6 +74,10 @@ int fm_fedsrv_push_begin(fm_fedsrv *s, const char *bearer, const fm_wire_push_he
 int fm_fedsrv_push_chunk(fm_fedsrv *s, fm_fedsrv_push *p, const fm_wire_chunk *c);
 int fm_fedsrv_push_end(fm_fedsrv *s, fm_fedsrv_push *p, fm_wire_reply *reply);
 void fm_fedsrv_push_free(fm_fedsrv_push *p);
+
+/* Applies the round deadline at time `now` (fm_now_seconds()): closes the open round when it is due and enough
+ * sites pushed; later pushes of that round are refused as stale. FM_OK when nothing failed. */
+fm_status fm_fedsrv_poll(fm_fedsrv *s, double now);
 
 /* The vector's blocks (the config's). */
 const fm_strategy_block *fm_fedsrv_blocks(const fm_fedsrv *s);

@@ -9,6 +9,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +123,95 @@ static grpc_channel_args *limit_args(grpc_arg args[1], grpc_channel_args *ca)
     ca->num_args = 1;
     ca->args = args;
     return ca;
+}
+
+/* ---- TLS ------------------------------------------------------------------------------------------ */
+
+#define PEM_MAX (1024 * 1024) /* a certificate chain or key is a few KiB; anything this large is not one */
+
+int fm_net_tls_enabled(const fm_net_tls *t, int server)
+{
+    if (!t)
+        return 0;
+    return server ? (t->cert_path || t->key_path || t->mtls) : (t->ca_path || t->cert_path || t->key_path);
+}
+
+/* Reads the PEM file `path` (config key `key`) into a NUL-terminated buffer the caller frees. */
+static fm_status read_pem(const char *key, const char *path, char **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fm_error(FM_ERR_IO, "%s: cannot read '%s': %s", key, path, strerror(errno));
+    char *buf = malloc(PEM_MAX + 1);
+    if (!buf) {
+        fclose(f);
+        return fm_error(FM_ERR_NO_MEMORY, "%s: out of memory", key);
+    }
+    size_t n = fread(buf, 1, PEM_MAX + 1, f);
+    int err = ferror(f);
+    fclose(f);
+    fm_status st = FM_OK;
+    if (err)
+        st = fm_error(FM_ERR_IO, "%s: cannot read '%s'", key, path);
+    else if (n > PEM_MAX)
+        st = fm_error(FM_ERR_IO, "%s: '%s' is larger than %d bytes: not a PEM file", key, path, PEM_MAX);
+    if (st == FM_OK) {
+        buf[n] = '\0';
+        if (!strstr(buf, "-----BEGIN "))
+            st = fm_error(FM_ERR_IO, "%s: '%s' is not a PEM file (no -----BEGIN line)", key, path);
+    }
+    if (st != FM_OK) {
+        free(buf);
+        return st;
+    }
+    *out = buf;
+    return FM_OK;
+}
+
+/* The PEM texts of `t`, each NULL when not given. */
+typedef struct pems {
+    char *ca, *cert, *key;
+} pems;
+
+static void pems_free(pems *p)
+{
+    free(p->ca);
+    free(p->cert);
+    free(p->key);
+    memset(p, 0, sizeof *p);
+}
+
+static fm_status pems_load(const fm_net_tls *t, int server, pems *p)
+{
+    memset(p, 0, sizeof *p);
+    if ((t->cert_path != NULL) != (t->key_path != NULL))
+        return fm_error(FM_ERR_CONFIG, "net.tls_cert and net.tls_key go together: %s is missing",
+                        t->cert_path ? "net.tls_key" : "net.tls_cert");
+    if (server && !t->cert_path)
+        return fm_error(FM_ERR_CONFIG, "the server's TLS needs net.tls_cert and net.tls_key");
+    if (server && t->mtls && !t->ca_path)
+        return fm_error(FM_ERR_CONFIG, "net.mtls needs net.tls_ca, the CA the client certificates must chain to");
+    fm_status st = FM_OK;
+    if (t->ca_path)
+        st = read_pem("net.tls_ca", t->ca_path, &p->ca);
+    if (st == FM_OK && t->cert_path)
+        st = read_pem("net.tls_cert", t->cert_path, &p->cert);
+    if (st == FM_OK && t->key_path)
+        st = read_pem("net.tls_key", t->key_path, &p->key);
+    if (st != FM_OK)
+        pems_free(p);
+    return st;
+}
+
+fm_status fm_net_tls_check(const fm_net_tls *t, int server)
+{
+    if (!fm_net_tls_enabled(t, server))
+        return FM_OK;
+    pems p;
+    FM_TRY(pems_load(t, server, &p));
+    pems_free(&p);
+    return FM_OK;
 }
 
 /* ---- server --------------------------------------------------------------------------------------- */
@@ -343,21 +433,45 @@ fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
     grpc_server *gs = grpc_server_create(limit_args(args, &ca), NULL);
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(gs, cq, NULL);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int port = grpc_server_add_http2_port(gs, o->listen, creds);
-    grpc_server_credentials_release(creds);
     fm_status result = FM_OK;
+    grpc_server_credentials *creds = NULL;
+    if (fm_net_tls_enabled(o->tls, 1)) {
+        pems p;
+        result = pems_load(o->tls, 1, &p);
+        if (result == FM_OK) {
+            grpc_ssl_pem_key_cert_pair pair = {.private_key = p.key, .cert_chain = p.cert};
+            /* gRPC copies the PEM texts */
+            creds = grpc_ssl_server_credentials_create_ex(
+                p.ca, &pair, 1,
+                o->tls->mtls ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+                NULL);
+            pems_free(&p);
+            if (!creds)
+                result = fm_error(FM_ERR_CONFIG, "server: gRPC refused the TLS certificate or key");
+        }
+    } else {
+        creds = grpc_insecure_server_credentials_create();
+    }
+    int port = creds ? grpc_server_add_http2_port(gs, o->listen, creds) : 0;
+    if (creds)
+        grpc_server_credentials_release(creds);
     int started = 0, requested = 0;
     srv_call c;
     memset(&c, 0, sizeof c);
     grpc_call_details_init(&c.details);
     grpc_metadata_array_init(&c.md);
-    if (port == 0) {
+    if (result != FM_OK) {
+        /* the credentials failed; nothing was bound */
+    } else if (port == 0) {
         result = fm_error(FM_ERR_NETWORK, "server: cannot listen on '%s'", o->listen);
     } else {
         grpc_server_start(gs);
         started = 1;
-        FM_INFO("server: listening on %s (port %d)", o->listen, port);
+        FM_INFO("server: listening on %s (port %d, %s)", o->listen, port,
+                !fm_net_tls_enabled(o->tls, 1) ? "plaintext"
+                : o->tls->mtls                 ? "mutual TLS"
+                                               : "TLS");
         if (o->on_listen)
             o->on_listen(o->ctx, port);
     }
@@ -379,6 +493,7 @@ fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
                 handle_call(&S, &c);
             reset_call(&c);
         }
+        (void)fm_fedsrv_poll(srv, fm_now_seconds()); /* a failure is kept as the server's fatal status */
         if (fm_fedsrv_fatal(srv) != FM_OK) {
             result = fm_fedsrv_fatal(srv);
             break;
@@ -425,23 +540,56 @@ struct fm_net_client {
     char bearer[FM_WIRE_TOKEN_MAX + 16];
     double timeout_s;
     int last_code;
+    int handshake_failed;
 };
 
 fm_status fm_net_client_create(fm_net_client **out, const char *target, const char *token, double call_timeout_s)
 {
+    return fm_net_client_create_tls(out, target, token, call_timeout_s, NULL);
+}
+
+fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
+                                   const fm_net_tls *tls)
+{
     *out = NULL;
     if (strlen(token) > FM_WIRE_TOKEN_MAX)
         return fm_error(FM_ERR_INVALID_ARG, "client: token longer than %d characters", FM_WIRE_TOKEN_MAX);
+    const int secure = fm_net_tls_enabled(tls, 0);
+    pems p;
+    memset(&p, 0, sizeof p);
+    if (secure)
+        FM_TRY(pems_load(tls, 0, &p));
     fm_net_client *c = calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        pems_free(&p);
         return fm_error(FM_ERR_NO_MEMORY, "client: out of memory");
+    }
     grpc_init();
     snprintf(c->bearer, sizeof c->bearer, "Bearer %s", token);
     c->timeout_s = call_timeout_s > 0 ? call_timeout_s : 60.0;
-    grpc_arg args[1];
+    grpc_arg args[2];
     grpc_channel_args ca;
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    c->ch = grpc_channel_create(target, creds, limit_args(args, &ca));
+    limit_args(args, &ca);
+    grpc_channel_credentials *creds = NULL;
+    if (secure) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = p.key, .cert_chain = p.cert};
+        creds = grpc_ssl_credentials_create(p.ca, p.cert ? &pair : NULL, NULL, NULL); /* copies the texts */
+        if (tls->server_name) {
+            args[1].type = GRPC_ARG_STRING;
+            args[1].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+            args[1].value.string = (char *)tls->server_name; /* gRPC copies channel args */
+            ca.num_args = 2;
+        }
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
+    pems_free(&p);
+    if (!creds) {
+        free(c);
+        grpc_shutdown();
+        return fm_error(FM_ERR_CONFIG, "client: gRPC refused the TLS certificates");
+    }
+    c->ch = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
     c->cq = grpc_completion_queue_create_for_next(NULL);
     *out = c;
@@ -462,6 +610,8 @@ void fm_net_client_destroy(fm_net_client *c)
 }
 
 int fm_net_last_code(const fm_net_client *c) { return c->last_code; }
+
+int fm_net_last_handshake_failed(const fm_net_client *c) { return c->handshake_failed; }
 
 /* One call: produce() yields the messages to send (1 per message, 0 at the end, -1 on a local error), consume()
  * takes each received message. */
@@ -555,6 +705,14 @@ static fm_status client_call(fm_net_client *c, const char *method, produce_fn pr
     memcpy(detail, GRPC_SLICE_START_PTR(details), dn);
     detail[dn] = '\0';
     grpc_slice_unref(details);
+    /* A failed TLS handshake surfaces as UNAVAILABLE, like a server not yet up; only the text tells them apart.
+     * A server not up refuses the connection. One that accepts it and closes it at once ("Socket closed" while
+     * connecting) is up but rejects this transport: plaintext against TLS, or (TLS 1.3, where the client
+     * finishes its side first) a client certificate the server refused. */
+    c->handshake_failed = status == GRPC_STATUS_UNAVAILABLE &&
+                          (strstr(detail, "andshake") || strstr(detail, "SSL") || strstr(detail, "ssl") ||
+                           (strstr(detail, "failed to connect") && strstr(detail, "Socket closed")) ||
+                           (error_string && (strstr(error_string, "andshake") || strstr(error_string, "SSL"))));
     if (error_string)
         gpr_free((void *)error_string);
     grpc_metadata_array_destroy(&trailing);

@@ -24,7 +24,7 @@ federate() {
     >"$WORK/$name-srv.out" 2>"$WORK/$name-srv.err" &
   local spid=$! port=""
   for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$WORK/$name-srv.out")
+    port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$WORK/$name-srv.out" 2>/dev/null || true)  # the file may not exist yet
     [ -n "$port" ] && break
     kill -0 $spid 2>/dev/null || break
     sleep 0.1
