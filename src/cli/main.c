@@ -23,7 +23,7 @@ static void usage(FILE *out)
 }
 
 /* libgomp reads OMP_WAIT_POLICY when it loads, before main: idle OpenMP threads that spin compete with
- * OpenBLAS's threads and with other processes on small machines (a 20× slow-down measured on 2 busy
+ * OpenBLAS's threads and with other processes on small machines (a 13× slow-down measured on 2 busy
  * cores, docs/performance.md). Unless the user chose a policy, run again with the passive one. */
 static void prefer_passive_openmp(char **argv)
 {
