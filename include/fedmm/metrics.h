@@ -42,6 +42,9 @@ fm_status fm_metrics_open(fm_metrics_log *log, const char *path, int append);
 fm_status fm_metrics_write(fm_metrics_log *log, const char *const *keys, const double *values, size_t n);
 void fm_metrics_close(fm_metrics_log *log);
 
+/* One comma-separated row of n values (%.9g, as the per-round summary.csv files hold), flushed. */
+fm_status fm_metrics_csv_row(FILE *csv, const double *values, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

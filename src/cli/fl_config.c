@@ -109,6 +109,14 @@ static fm_status opt_str(fm_config *c, const char *key, const char **out)
     return FM_OK;
 }
 
+fm_status fm_cli_read_federation(fm_cli_run *run, const fm_cli_args *args, fm_sim_options *o, fm_cli_net_options *net)
+{
+    memset(net, 0, sizeof *net);
+    FM_TRY(fm_cli_read_fl(run, args, o));
+    FM_TRY(fm_cli_read_net(run, net));
+    return fm_config_check_unused(run->cfg);
+}
+
 fm_status fm_cli_read_net(fm_cli_run *run, fm_cli_net_options *o)
 {
     fm_config *c = run->cfg;

@@ -24,6 +24,10 @@ typedef struct fm_cli_net_options {
 
 fm_status fm_cli_read_net(fm_cli_run *run, fm_cli_net_options *o);
 
+/* What `sim`, `server` and `client` all read: fm_cli_read_fl, then fm_cli_read_net (so that one config file
+ * serves all three), then fm_config_check_unused — an unknown key stops the command before it starts. */
+fm_status fm_cli_read_federation(fm_cli_run *run, const fm_cli_args *args, fm_sim_options *o, fm_cli_net_options *net);
+
 /* Removes "--name VALUE" from argv (in place) and returns VALUE, or NULL if absent; *bad is set when the flag
  * has no value. For the flags fm_cli_parse does not know (--listen, --server, --site, --token). */
 const char *fm_cli_take_flag(int *argc, char **argv, const char *name, int *bad);

@@ -220,12 +220,7 @@ int fm_cli_server(int argc, char **argv)
     }
     fm_sim_options o;
     fm_cli_net_options no;
-    memset(&no, 0, sizeof no);
-    fm_status s = fm_cli_read_fl(&run, &args, &o);
-    if (s == FM_OK)
-        s = fm_cli_read_net(&run, &no);
-    if (s == FM_OK)
-        s = fm_config_check_unused(run.cfg);
+    fm_status s = fm_cli_read_federation(&run, &args, &o, &no);
     fm_net_tls tls = {
         .ca_path = no.tls_ca, .cert_path = no.tls_cert, .key_path = no.tls_key, .mtls = no.mtls, .server_name = NULL};
     if (s == FM_OK)

@@ -46,14 +46,10 @@ int fm_cli_sim(int argc, char **argv)
     if (fm_cli_creamfl_maybe(&args, &run, &rc)) /* fl.algorithm: creamfl (representation FL) */
         return rc;
     fm_sim_options o;
-    fm_status s = fm_cli_read_fl(&run, &args, &o);
     /* net.* and fl.min_sites only matter over the network; they are read (and checked) so that one config
      * file serves sim, server and clients alike */
     fm_cli_net_options net;
-    if (s == FM_OK)
-        s = fm_cli_read_net(&run, &net);
-    if (s == FM_OK)
-        s = fm_config_check_unused(run.cfg);
+    fm_status s = fm_cli_read_federation(&run, &args, &o, &net);
     if (s != FM_OK) {
         rc = fm_cli_fail("sim", "config", s);
         fm_cli_teardown(&run);

@@ -318,13 +318,8 @@ static fm_status log_round(sim *s, fm_metrics_log *log, FILE *csv, int round, do
                      ev ? (double)ev->pairs : NAN};
     const size_t n = sizeof vals / sizeof vals[0];
     FM_TRY(fm_metrics_write(log, keys, vals, n));
-    if (csv && ev) {
-        for (size_t i = 0; i < n; i++)
-            fprintf(csv, i ? ",%.9g" : "%.9g", vals[i]);
-        fputc('\n', csv);
-        if (fflush(csv) != 0)
-            return fm_error(FM_ERR_IO, "summary.csv: write failed");
-    }
+    if (csv && ev)
+        FM_TRY(fm_metrics_csv_row(csv, vals, n));
     return FM_OK;
 }
 

@@ -121,6 +121,16 @@ fm_status fm_metrics_write(fm_metrics_log *log, const char *const *keys, const d
     return FM_OK;
 }
 
+fm_status fm_metrics_csv_row(FILE *csv, const double *values, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(csv, i ? ",%.9g" : "%.9g", values[i]);
+    fputc('\n', csv);
+    if (fflush(csv) != 0 || ferror(csv))
+        return fm_error(FM_ERR_IO, "summary.csv: write failed");
+    return FM_OK;
+}
+
 void fm_metrics_close(fm_metrics_log *log)
 {
     if (log->file && log->owned)
