@@ -3,22 +3,30 @@
 # over the shape kind: centralized training on the same number of samples (rounds × sites per round ×
 # local steps × batch), and the mean of local-only sites (each trains alone for rounds × local steps).
 # Usage: benchmarks/fl/baselines.sh [build/fedmm] [rounds]   → prints a Markdown table
+#   SEED=N      seed of every run (default 1)
+#   LOCAL=0     skip the local-only runs (they cost twice the FedAvg run)
+#   THREADS=N   CPU threads of each run (default: fedmm's own choice)
+#   K=N         sites sampled per round (default 5, as experiments/quickstart.yaml)
 set -euo pipefail
 FEDMM=${1:-build/fedmm}
 ROUNDS=${2:-30}
+SEED=${SEED:-1}
+LOCAL=${LOCAL:-1}
+threads=()
+[ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
 cfg=experiments/quickstart.yaml
 out=$(mktemp -d "${TMPDIR:-/tmp}/fedmm-baselines.XXXXXX")
 trap 'rm -rf "$out"' EXIT
-K=5 STEPS=10 B=32
-common=(--config $cfg --set fl.rounds=$ROUNDS --set fl.eval_every=0 --set log_level=warn)
+K=${K:-5} STEPS=10 B=32
+common=(--config $cfg --set fl.rounds=$ROUNDS --set fl.eval_every=0 --set log_level=warn --set seed=$SEED --set fl.sites_per_round=$K "${threads[@]}")
 "$FEDMM" sim "${common[@]}" --out "$out/fedavg" >"$out/fedavg.log" 2>&1
-"$FEDMM" sim "${common[@]}" --set fl.strategy=local --out "$out/local" >"$out/local.log" 2>&1
+[ "$LOCAL" = 1 ] && "$FEDMM" sim "${common[@]}" --set fl.strategy=local --out "$out/local" >"$out/local.log" 2>&1
 total=$((ROUNDS * K * STEPS))
 # centralized: the same model, optimizer and constant learning rate, one site holding all the data
 "$FEDMM" train --config experiments/train-tiny-lora.yaml --out "$out/central" --set train.steps=$total \
   --set train.batch_size=$B --set train.lr=3e-3 --set train.warmup_steps=0 --set train.min_lr_ratio=1 \
   --set train.weight_decay=0 --set model.lora_alpha=16 --set train.eval_size=1000 --set train.eval_every=0 \
-  --set seed=1 --set log_level=warn >"$out/central.log" 2>&1
+  --set seed=$SEED --set log_level=warn "${threads[@]}" >"$out/central.log" 2>&1
 row() { # name metrics-line
   local l=$2
   local v=()
@@ -28,15 +36,16 @@ row() { # name metrics-line
   printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "${v[@]}"
 }
 fa=$(grep '"i2t_r1"' "$out/fedavg/metrics.jsonl" | tail -1)
-lo=$(grep '"i2t_r1"' "$out/local/metrics.jsonl" | tail -1)
+lo=
+[ "$LOCAL" = 1 ] && lo=$(grep '"i2t_r1"' "$out/local/metrics.jsonl" | tail -1)
 ce=$(grep '"i2t_r1"' "$out/central/metrics.jsonl" | tail -1)
 echo "| run | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | zero-shot |"
 echo "|---|---|---|---|---|---|---|---|"
 row "centralized ($total steps × $B)" "$ce"
 row "FedAvg ($ROUNDS rounds × $K sites × $STEPS steps × $B)" "$fa"
-row "local-only, mean of 10 sites ($ROUNDS × $STEPS steps × $B each)" "$lo"
+[ "$LOCAL" = 1 ] && row "local-only, mean of 10 sites ($ROUNDS × $STEPS steps × $B each)" "$lo"
 r1() { echo "$1" | awk '{ a = $0; sub(/.*"i2t_r1": */, "", a); sub(/,.*/, "", a); b = $0; sub(/.*"t2i_r1": */, "", b); sub(/,.*/, "", b); print (a + b) / 2 }'; }
 echo
-echo "mean R@1 (both directions): centralized $(r1 "$ce"), FedAvg $(r1 "$fa"), local-only $(r1 "$lo");" \
+echo "mean R@1 (both directions): centralized $(r1 "$ce"), FedAvg $(r1 "$fa")${lo:+, local-only $(r1 "$lo")};" \
      "FedAvg / centralized = $(awk -v f="$(r1 "$fa")" -v c="$(r1 "$ce")" 'BEGIN { printf "%.2f", f / c }')"
 grep 'sim done' "$out/fedavg.log" | sed 's/^/fedavg: /'
