@@ -12,6 +12,8 @@
 #   FEDMM_GPU_RESULTS_DIR  where the results file goes (default benchmarks/results)
 #   FEDMM_GPU_SUITE=0      skip the whole-suite run (the gpu tests still run)
 #   FEDMM_GPU_SANITIZER_TIMEOUT  seconds per compute-sanitizer run (default 300)
+#   FEDMM_GPU_BENCH_AGG_ARGS     arguments for fedmm_bench_aggregate (e.g. --quick; default: the full table)
+#   FEDMM_GPU_BENCH_STEP=0 skip the training-step benchmark (benchmarks/gpu/run.sh; FEDMM_BENCH_* set its size)
 #   FEDMM_REQUIRE_GPU=1    fail when no usable GPU is found; set automatically when nvidia-smi lists one,
 #                          so that on the GPU machine a broken driver or build cannot pass as "skipped"
 # Exit status: 0 all passed (or no GPU here and none required: gpu tests skipped, said so), 1 a gpu test
@@ -185,6 +187,53 @@ else
     done
 fi
 
+# ---- aggregation benchmark (benchmarks/gpu/aggregate.c) ------------------------------------------------
+# Exit 77 is "no usable GPU" (said so); any other failure counts against the code.
+agg_status="not run"
+agg_table=""
+if [ "$build_status" = ok ] && [ -x "$build/fedmm_bench_aggregate" ]; then
+    say "aggregation benchmark"
+    # shellcheck disable=SC2086 # the arguments are a list
+    logged "$logs/bench-aggregate.log" "$build/fedmm_bench_aggregate" ${FEDMM_GPU_BENCH_AGG_ARGS:-}
+    status=$?
+    case $status in
+    0) agg_status="done" ;;
+    77) agg_status="skipped (no usable GPU)" ;;
+    *)
+        agg_status="FAILED (exit $status)"
+        rc=1
+        ;;
+    esac
+    agg_table=$(grep -E '^(\||## )' "$logs/bench-aggregate.log")
+elif [ "$build_status" = ok ]; then
+    agg_status="not run: $build/fedmm_bench_aggregate was not built"
+fi
+
+# ---- training-step benchmark (benchmarks/gpu/run.sh) ----------------------------------------------
+# fedmm against PyTorch eager and torch.compile, clip-base at batch 256 in bf16, full and LoRA fine-tuning; its
+# table goes to $results_dir/gpu-bench-<date>.md (and $OUT). Only where a GPU is listed: without one there is
+# nothing to time.
+step_status="not run"
+step_file="$results_dir/gpu-bench-$date_utc.md"
+if [ "$build_status" != ok ]; then
+    step_status="not run: no build"
+elif [ "${FEDMM_GPU_BENCH_STEP:-1}" = 0 ]; then
+    step_status="skipped (FEDMM_GPU_BENCH_STEP=0)"
+elif [ $gpu_listed = 0 ]; then
+    step_status="not run: no GPU"
+else
+    say "training-step benchmark"
+    if logged "$logs/bench-step.log" bash benchmarks/gpu/run.sh "$build" "$step_file"; then
+        step_status="done, $step_file"
+    else
+        step_status="FAILED (exit status of benchmarks/gpu/run.sh; see $logs/bench-step.log)"
+        rc=1
+    fi
+    if [ -n "${OUT:-}" ] && [ -d "${OUT}" ] && [ -f "$step_file" ]; then
+        cp "$step_file" "$OUT/"
+    fi
+fi
+
 # ---- report ---------------------------------------------------------------------------------------
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 dirty=$(git status --porcelain 2>/dev/null | wc -l)
@@ -240,6 +289,12 @@ fi
     echo "|---|---|---|"
     printf '%s\n' "${sanitizer_rows[@]}"
     echo
+    echo "## Aggregation benchmark: $agg_status"
+    echo
+    [ -n "$agg_table" ] && echo "$agg_table" && echo
+    echo "## Training-step benchmark: $step_status"
+    echo
+    case $step_status in done* | FAILED*) [ -f "$step_file" ] && grep -E '^(\||Measured)' "$step_file" && echo ;; esac
     echo "Logs: \`$logs/\` on the machine that ran the check."
 } >"$report"
 say "results: $report"

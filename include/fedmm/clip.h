@@ -11,7 +11,14 @@
  *
  * Pointers: every function taking images, tokens, positions, embeddings or a loss takes HOST memory. The
  * trainable vector and its gradient (fm_clip_trainable, fm_clip_trainable_grad) and the views from
- * fm_clip_param live on the model's device (host memory for FM_DEVICE_CPU).
+ * fm_clip_param live on the model's device (host memory for FM_DEVICE_CPU); fm_clip_get_trainable,
+ * fm_clip_set_trainable and fm_clip_get_trainable_grad copy them from / to host memory on either device.
+ *
+ * On FM_DEVICE_CUDA every buffer above lives in device memory; each batch's inputs are copied in, the loss and
+ * the embeddings copied out. Precision (fm_clip_config.precision): fp32 everywhere, or on CUDA bf16 mixed
+ * precision — bf16 copies of the weights and bf16 inputs to every GEMM of the encoder layers (fp32
+ * accumulation), with fp32 master weights, gradients, optimizer state, residual stream, layernorm statistics,
+ * attention, losses. See docs/cuda.md.
  *
  * A model is not thread-safe: one thread at a time (its ops may use many threads inside). */
 #ifndef FEDMM_CLIP_H
@@ -49,6 +56,13 @@ typedef enum fm_clip_tower {
     FM_CLIP_TOWER_BOTH = 3
 } fm_clip_tower;
 
+/* Arithmetic of the model's passes: fp32 throughout, or bf16 mixed precision (CUDA only). */
+typedef enum fm_precision { FM_PRECISION_FP32 = 0, FM_PRECISION_BF16 = 1 } fm_precision;
+
+/* Parses "fp32" / "bf16" (FM_ERR_CONFIG otherwise); the name of a precision ("?" if invalid). */
+fm_status fm_precision_parse(const char *name, fm_precision *out);
+const char *fm_precision_name(fm_precision p);
+
 /* Hidden activation of the MLPs: OpenAI's CLIP uses quick_gelu (x·σ(1.702x)), OpenCLIP/LAION gelu. */
 typedef enum fm_clip_act { FM_CLIP_ACT_QUICK_GELU = 0, FM_CLIP_ACT_GELU = 1 } fm_clip_act;
 
@@ -81,6 +95,9 @@ typedef struct fm_clip_config {
     fm_clip_tower lora_towers; /* VISION, TEXT or BOTH */
     int train_projections;     /* 1: visual_projection and text_projection train too (LoRA mode) */
     int full_finetune;         /* 1: every parameter trains and no adapters are made */
+    /* how it computes (not a key of models/<name>.yaml: the commands set it from train.precision). FP32 by default;
+     * BF16 needs a CUDA model (fm_clip_create: FM_ERR_UNSUPPORTED on the CPU) and no LoRA dropout (validate) */
+    fm_precision precision;
 } fm_clip_config;
 
 /* Fills *cfg with the preset `name`: "clip-tiny", "clip-small" or "clip-base" (ViT-B/16). Every preset
@@ -124,6 +141,11 @@ size_t fm_clip_num_trainable(const fm_clip *m);
  * Owned by the model; writing into the first changes the model (that is how a global model is set). */
 float *fm_clip_trainable(fm_clip *m);
 float *fm_clip_trainable_grad(fm_clip *m);
+/* The same through host memory on any device: n must be fm_clip_num_trainable (FM_ERR_SHAPE otherwise).
+ * get copies the vector (or its gradient) into `host`; set copies `host` into the model. */
+fm_status fm_clip_get_trainable(fm_clip *m, float *host, size_t n);
+fm_status fm_clip_set_trainable(fm_clip *m, const float *host, size_t n);
+fm_status fm_clip_get_trainable_grad(fm_clip *m, float *host, size_t n);
 
 /* One named piece of the trainable vector. Names are PEFT's for adapters and for what trains beside them
  * under LoRA ("base_model.model.vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "fedmm/clip.h"
+#include "fedmm/modality.h"
 #include "fedmm/status.h"
 #include "fedmm/synth.h"
 #include "fedmm/tokenizer.h"
@@ -46,6 +47,11 @@ fm_status fm_creamfl_ensemble_scores(const float *const *reps, int K, const floa
 fm_status fm_creamfl_ensemble(const float *const *reps, int K, const float *global, size_t n, size_t d,
                               fm_creamfl_tiles tiles, int plain_mean, float *agg, float *weights);
 
+/* The fusion step on its own: scores (K, n) from fm_creamfl_ensemble_scores are turned IN PLACE into the weights
+ * w_k(p) = softmax over k, and agg (n, d) = Σ_k w_k(p)·reps[k][p]. scores NULL: the plain mean (w = 1/K). For a
+ * caller that wants the scores too (the simulation logs how well each site's representations align). */
+fm_status fm_creamfl_fuse(const float *const *reps, int K, size_t n, size_t d, float *scores, float *agg);
+
 /* ---- the site regularisers (gradients with respect to L2-normalised embeddings) --------------------------- */
 
 /* L_inter = (1/B) Σ_b CE([z_b·U_j/τ]_{j<n}, pos_b): each embedding z_b (row b of z, (B, d)) against all n
@@ -67,28 +73,61 @@ void fm_creamfl_round_bf16(float *x, size_t n);
 
 /* ---- the in-process simulation -------------------------------------------------------------------------- */
 
-/* The three kinds of site. */
+/* The three kinds of site, by the modalities they hold; each kind has its own model configuration. */
 typedef enum fm_creamfl_site_kind {
-    FM_CREAMFL_PAIRED = 0, /* private image–text pairs (train split); CLIP loss */
-    FM_CREAMFL_IMAGE = 1,  /* labelled images only (image_only split); CE against the class prompts */
-    FM_CREAMFL_TEXT = 2,   /* labelled captions only (text_only split); prompt matching */
+    FM_CREAMFL_PAIRED = 0, /* images and texts (in groups: image–text pairs of the train split; CLIP loss) */
+    FM_CREAMFL_IMAGE = 1,  /* images only (in groups: the labelled image_only split; CE against the class prompts) */
+    FM_CREAMFL_TEXT = 2,   /* texts only (in groups: the labelled text_only split; prompt matching) */
     FM_CREAMFL_KINDS = 3
 } fm_creamfl_site_kind;
 
 /* "paired", "image", "text". */
 const char *fm_creamfl_site_kind_name(fm_creamfl_site_kind kind);
 
+/* Where the sites come from. */
+typedef enum fm_creamfl_layout {
+    /* num_sites[k] sites of each kind, each an equal contiguous shard of its kind's split (train, image_only,
+     * text_only): CreamFL's own setting (paired, image-only and text-only datasets) */
+    FM_CREAMFL_GROUPS = 0,
+    /* scenario.num_sites sites from fm_federation_split over the train split (a FedMLLM modality scenario with
+     * its Dirichlet label skew): each site's kind is the union of its samples' modalities, and each sample keeps
+     * its own modality (a paired site under `missing` holds image-only and text-only samples too) */
+    FM_CREAMFL_SCENARIO = 1
+} fm_creamfl_layout;
+
+/* What the server's distillation steps optimise. */
+typedef enum fm_creamfl_distill {
+    /* the CLIP loss on the batch plus κ·(MSE_i + MSE_t), on the server's one AdamW state: κ weighs distillation
+     * against the server's own objective, κ = 0 is exactly the public-only server, and the public-only baseline
+     * takes the same steps with the CLIP loss alone */
+    FM_CREAMFL_DISTILL_JOINT = 0,
+    /* κ·(MSE_i + MSE_t) alone, as the paper's separate distillation step, on an AdamW state of its own (kept across
+     * rounds): sharing the CLIP steps' moments made these steps move along the CLIP momentum whatever the targets
+     * (with κ = 0 the server stayed at chance). Adam normalises the gradient, so the step size is the learning
+     * rate's and κ only scales the logged loss (κ = 0 skips the steps); the public-only baseline has no such steps */
+    FM_CREAMFL_DISTILL_SEPARATE = 1
+} fm_creamfl_distill;
+
 typedef struct fm_creamfl_options {
     fm_clip_config server;                       /* server model (the one evaluated and returned) */
     fm_clip_config site_model[FM_CREAMFL_KINDS]; /* model of each kind of site (embed_dim, image_size and
                                                     context_length must equal the server's) */
-    int num_sites[FM_CREAMFL_KINDS];             /* 0 of every kind: the server trains on P alone (baseline) */
-    int64_t public_size;                         /* |P|: the first public_size samples of the public split */
+    fm_creamfl_layout layout;
+    int num_sites[FM_CREAMFL_KINDS]; /* GROUPS: sites of each kind; 0 of every kind: the server trains on P alone */
+    fm_scenario_config scenario;     /* SCENARIO: the split (num_sites, scenario and its parameters, seed) */
+    int public_only;                 /* 1: no sites at all, whatever the layout says: the server trains on P alone
+                                        (the baseline CreamFL must beat; same server, steps and seed) */
+    int64_t public_size;             /* |P|: the first public_size samples of the public split */
     int rounds;
     int sites_per_round;         /* sampled uniformly without replacement from all sites */
     int64_t local_steps;         /* per sampled site per round: each step one private and one public batch */
-    int64_t server_steps;        /* CLIP-loss steps of the server on P per round */
-    int64_t distill_steps;       /* distillation steps per round (batches of P) */
+    int64_t init_local_steps;    /* extra local steps the first time a site is sampled (the reference code's
+                                    client_init_local_epochs: a site starts from a randomly initialised model) */
+    int64_t server_steps;        /* CLIP-loss steps of the server on P per round, before it encodes P */
+    int64_t server_init_steps;   /* extra CLIP-loss steps in round 1 (a server that starts from a random model
+                                    gives the sites nothing to align to); the public-only baseline takes them too */
+    int64_t distill_steps;       /* distillation steps per round (batches of P), after the ensemble */
+    fm_creamfl_distill distill;  /* what a distillation step optimises (see fm_creamfl_distill) */
     fm_train_options local;      /* sites' AdamW (batch_size, lr, wd, betas, eps, grad_clip); moments reset per round */
     fm_train_options server_opt; /* server's AdamW; one state for training and distillation, kept across rounds */
     float lambda;                /* weight of L_intra + L_inter (0.5) */
@@ -97,23 +136,28 @@ typedef struct fm_creamfl_options {
     int rep_bf16;                /* 1: representations travel as bf16 (both ways) */
     int ensemble;                /* 1: global–local ensemble; 0: plain mean (ablation) */
     int inter, intra;            /* 1: the regulariser is on (ablations turn one off) */
-    fm_attribute label_attr;     /* labels of the uni-modal sites */
+    fm_attribute label_attr;     /* labels of the uni-modal samples */
     fm_creamfl_tiles tiles;
     int eval_every;      /* evaluate the server every k rounds (and after the last); 0 = last only */
     int64_t eval_size;   /* test pairs per evaluation */
+    int eval_sites;      /* 1: at each evaluation also evaluate every site holding both modalities that has
+                            trained (its own model on the same test pairs; logged as site_* means) */
     uint64_t seed;       /* models, site sampling, data order */
-    const char *out_dir; /* metrics.jsonl (unless metrics_path), summary.csv */
+    const char *out_dir; /* metrics.jsonl (unless metrics_path), summary.csv, the per-round checkpoints */
     const char *metrics_path;
+    int checkpoint; /* 1: DIR/round-R/ after every round, DIR/latest naming the last complete one */
+    int resume;     /* 1: continue from DIR/latest when there is one (the same result as an unbroken run) */
     int progress;
 } fm_creamfl_options;
 
-/* Defaults: λ 0.5, τ 0.5, κ 0.3, fp32, ensemble and both regularisers on, 10 rounds, 2 sites of each kind,
- * 3 per round, |P| 500, 10 local / 10 server / 10 distill steps, batch 32, lr 1e-3, label attribute kind,
- * evaluation every round on 500 pairs. The model configs are zeroed: the caller sets them. */
+/* Defaults: λ 0.5, τ 0.5, κ 0.3, fp32, ensemble and both regularisers on, SEPARATE distillation, 10 rounds, GROUPS
+ * with 2 sites of each kind, 3 per round, |P| 500, 10 local / 0 initial / 10 server / 0 initial server / 10 distill
+ * steps, batch 32, lr 1e-3, label attribute kind, evaluation every round on 500 pairs, checkpoints on, no resume.
+ * The model configs are zeroed: the caller sets them. */
 fm_creamfl_options fm_creamfl_default_options(void);
 
 /* FM_ERR_CONFIG naming the first bad field (sizes, sites per round vs sites, mismatched embed_dim / image
- * size / context length between the server and any kind of site that is present). */
+ * size / context length between the server and any kind of site that can be present). */
 fm_status fm_creamfl_validate(const fm_creamfl_options *o, const fm_synth_config *synth);
 
 typedef struct fm_creamfl_result {
@@ -121,11 +165,14 @@ typedef struct fm_creamfl_result {
     fm_eval_result last_eval;
     double bytes_up, bytes_down; /* representations over the whole run */
     double wall_s;
-    double ensemble_s; /* time spent in the ensemble */
+    double ensemble_s;                   /* time spent in the ensemble */
+    int resumed_from;                    /* rounds a resumed run found done (0: started afresh) */
+    int sites_of_kind[FM_CREAMFL_KINDS]; /* sites of each kind, as laid out (SCENARIO: after the split) */
 } fm_creamfl_result;
 
 /* Runs a CreamFL federation on the built-in dataset. *server_out (when non-NULL) receives the trained server
- * model (the caller destroys it). */
+ * model (the caller destroys it). With o->resume and a checkpoint in o->out_dir, it continues after the last
+ * complete round; on the CPU the result is bit-identical to a run that was never interrupted. */
 fm_status fm_creamfl_run(const fm_creamfl_options *o, const fm_synth_config *synth, const fm_tokenizer *tok,
                          fm_device device, fm_creamfl_result *result, fm_clip **server_out);
 

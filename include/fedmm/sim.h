@@ -14,6 +14,7 @@
 #include "fedmm/synth.h"
 #include "fedmm/tokenizer.h"
 #include "fedmm/train.h"
+#include "fedmm/wire_codec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -22,6 +23,10 @@ extern "C" {
 typedef struct fm_sim_options {
     int rounds;             /* federated rounds */
     int sites_per_round;    /* sites sampled each round (without replacement), 1..num_sites */
+    int over_select_sites;  /* fl.over_select: extra sites a round tasks (sites_per_round + this ≤ num_sites; 0 =
+                               none). The round's draw is fm_round_sites(seed, round, N, sites_per_round + this);
+                               sim trains and aggregates the first sites_per_round of it in site order, which is
+                               what `fedmm server` aggregates when those are the first to push */
     int malicious_sites;    /* robustness experiments: sites 0..malicious_sites-1 are attackers that send
                                −attack_scale × their honest update (sign flip and scaling); 0 = none */
     double attack_scale;    /* default 10 */
@@ -40,6 +45,9 @@ typedef struct fm_sim_options {
     const char *metrics_path;    /* JSON lines (NULL: DIR/metrics.jsonl) */
     int resume;                  /* continue from DIR/latest if present */
     int progress;                /* draw a progress bar on stderr */
+    fm_wire_codec wire;          /* net.encoding / net.compress: each broadcast and each update passes through the
+                                    network's encoding (fm_wire_transmit), and bytes_up / bytes_down count its
+                                    payload bytes; all-zero (float32, uncompressed) changes nothing */
 } fm_sim_options;
 
 /* Defaults: 10 rounds, 5 of 10 sites per round, 10 local steps, FedAvg, aligned scenario α = 1, eval each

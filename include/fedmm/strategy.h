@@ -17,8 +17,12 @@
  * running sums, independent of the number of sites. The robust rules (median, trimmed mean, Krum, multi-Krum)
  * need every update of the round at once and keep a copy of each: O(K·P) for K sites.
  *
- * Everything runs on the CPU over plain float arrays (OpenMP over coordinates where it pays); the math lives in
- * loops a CUDA twin can mirror. */
+ * Devices: by default (config.device = FM_DEVICE_CPU) everything runs on the CPU over plain float arrays (OpenMP
+ * over coordinates where it pays). With FM_DEVICE_CUDA the server state (global vector, moments, control variate,
+ * running sums, the robust rules' copies of the updates) lives in GPU memory and the rules run as the kernels of
+ * kernels/aggregate.cu, which repeat the CPU's arithmetic (the same bits for the FedAvg family, the median and the
+ * trimmed mean; Krum's distances to ~1e-15 relative). The API does not change: updates come from host memory and
+ * fm_strategy_global / fm_strategy_control return host copies, refreshed by every finish, load and set. */
 #ifndef FEDMM_STRATEGY_H
 #define FEDMM_STRATEGY_H
 
@@ -26,6 +30,7 @@
 #include <stdint.h>
 
 #include "fedmm/status.h"
+#include "fedmm/tensor.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,6 +83,10 @@ typedef struct fm_strategy_config {
                                  rule sees it; 0 = off */
     int scaffold_num_sites;   /* N, the total number of sites (SCAFFOLD's c += (|S|/N)·mean Δc);
                                  0 = every site takes part in every round (N = |S|) */
+    fm_device device;         /* where the server state lives and the rule runs: FM_DEVICE_CPU (the default) or
+                                 FM_DEVICE_CUDA (needs a CUDA build and a usable GPU at fm_strategy_create;
+                                 the robust rules then take at most FM_CUDA_AGG_SORT_MAX_K = 1024 updates per
+                                 block for median / trimmed mean, 256 for Krum) */
 } fm_strategy_config;
 
 /* The defaults for `kind` (the rule's own values; the other fields keep theirs so a config can switch kinds):
@@ -92,7 +101,8 @@ typedef struct fm_strategy_config {
  * An invalid kind gives FedAvg's defaults with that kind (fm_strategy_create rejects it). */
 fm_strategy_config fm_strategy_default_config(fm_strategy_kind kind);
 
-/* Checks every field for `config->kind` (ranges above); FM_ERR_CONFIG naming the field otherwise. */
+/* Checks every field for `config->kind` (ranges above); FM_ERR_CONFIG naming the field otherwise (also for device
+ * cuda in a build without the CUDA backend). */
 fm_status fm_strategy_config_validate(const fm_strategy_config *config);
 
 /* ---- blocks of the vector ------------------------------------------------------------------------ */
@@ -113,8 +123,9 @@ typedef struct fm_strategy fm_strategy;
 
 /* Creates a strategy for a vector of n_params floats split into n_blocks blocks that must tile [0, n_params)
  * in order, without gaps or overlap (FM_ERR_SHAPE otherwise, naming the block). blocks may be NULL with
- * n_blocks 0: one block "all" then covers the whole vector. initial_global (n_params floats, finite) is
- * copied. The config is validated and copied. *out is NULL on failure. */
+ * n_blocks 0: one block "all" then covers the whole vector. initial_global (n_params floats, finite, host memory)
+ * is copied. The config is validated and copied. config->device FM_DEVICE_CUDA without a usable GPU:
+ * FM_ERR_DEVICE with the reason. *out is NULL on failure. */
 fm_status fm_strategy_create(fm_strategy **out, const fm_strategy_config *config, size_t n_params,
                              const fm_strategy_block *blocks, size_t n_blocks, const float *initial_global);
 /* NULL is a no-op. */
@@ -193,6 +204,9 @@ typedef struct fm_site_correction {
     const float *c_global;    /* SCAFFOLD: grad += c − ck; both NULL = off */
     const float *c_local;
     float *owned_weight; /* set by fm_site_correction_prepare; freed by fm_site_correction_free */
+    fm_device device;    /* where the vectors above live: FM_DEVICE_CPU after prepare; fm_site_correction_to_device
+                            moves them */
+    void *owned_device;  /* the device copies (one allocation), freed by fm_site_correction_free */
 } fm_site_correction;
 
 /* Fills `corr` for `config->kind` and the round: FedProx → anchor + prox_mu; adaptive reg → anchor +
@@ -204,7 +218,13 @@ typedef struct fm_site_correction {
 fm_status fm_site_correction_prepare(fm_site_correction *corr, const fm_strategy_config *config, size_t n_params,
                                      const fm_strategy_block *blocks, size_t n_blocks, const float *anchor,
                                      const float *c_global, const float *c_local);
-/* Frees what prepare allocated and zeroes corr. NULL-safe. */
+/* Copies the vectors corr uses (anchor, prox_weight, c_global, c_local; n floats each, host memory) to `device`
+ * and points corr at the copies (owned by corr from then on), so that fm_site_correct_grad works on gradients in
+ * that device's memory. FM_DEVICE_CPU, or a corr already on `device`: nothing to do. The round's borrowed host
+ * vectors are no longer needed afterwards. FM_ERR_DEVICE in a build without CUDA; FM_ERR_STATE for a corr on
+ * another device. corr is unchanged on failure. */
+fm_status fm_site_correction_to_device(fm_site_correction *corr, fm_device device, size_t n);
+/* Frees what prepare and to_device allocated and zeroes corr. NULL-safe. */
 void fm_site_correction_free(fm_site_correction *corr);
 
 /* Per-element adaptive-regularization weights: w[i] = mu_eff for elements of blocks with
@@ -213,8 +233,10 @@ fm_status fm_adaptive_reg_weights(float *weights, size_t n, const fm_strategy_bl
                                   float mu_eff);
 
 /* grad (n floats) += prox·(params − anchor) + (c_global − c_local), per the parts of corr that are on.
- * params may be NULL when no proximal term is on. */
-void fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n);
+ * params may be NULL when no proximal term is on. grad and params live on corr->device (host memory unless
+ * fm_site_correction_to_device moved corr); on the GPU the same float arithmetic runs as a kernel on fedmm's stream.
+ * FM_ERR_INVALID_ARG for a NULL corr or grad; on the CPU nothing else can fail; FM_ERR_CUDA from a failed launch. */
+fm_status fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n);
 
 /* SCAFFOLD option II after K local steps at learning rate lr_local (Karimireddy et al. 2020, Alg. 1 l. 12):
  *   ck⁺ = ck − c + (x − yk)/(K·lr_local),   Δck = ck⁺ − ck,
@@ -225,6 +247,10 @@ fm_status fm_scaffold_site_update(const float *ci, const float *c, const float *
                                   int64_t local_steps, float lr_local, size_t n, float *ci_new_out, float *dc_out);
 
 /* ---- robust building blocks (plain arrays; one update per pointer, each n floats) ------------------------ */
+
+/* out[j] = Σ_k w[k]·updates[k][j] in float, accumulated in the order k = 0 … K−1 from 0 (the FedAvg family's
+ * running sum, the CPU reference of kernels/aggregate.cu's weighted sum). k ≥ 1. */
+fm_status fm_agg_weighted_sum(float *out, const float *const *updates, const float *w, size_t k, size_t n);
 
 /* out[j] = median over k of updates[k][j] (mean of the two middle values for even k). k ≥ 1. */
 fm_status fm_agg_median(float *out, const float *const *updates, size_t k, size_t n);

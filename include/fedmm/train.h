@@ -8,6 +8,7 @@
 
 #include "fedmm/clip.h"
 #include "fedmm/dataset.h"
+#include "fedmm/dp.h"
 #include "fedmm/hparams.h"
 #include "fedmm/metrics.h"
 #include "fedmm/rng.h"
@@ -27,6 +28,9 @@ typedef struct fm_train_options {
     double beta1, beta2, eps;
     double grad_clip; /* global L2 norm; 0 disables */
     uint64_t seed;    /* data order */
+    /* Data parallelism (include/fedmm/dp.h): the gradient is averaged over the group's ranks after backward, before
+     * clipping; NULL (the default) = this process alone. Borrowed. */
+    fm_dp *dp;
 } fm_train_options;
 
 /* lr 5e-4, 1000 steps, batch 32, warm-up 50, cosine to 0.1·lr, wd 0.1, betas (0.9, 0.98), eps 1e-6,

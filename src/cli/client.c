@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -13,6 +14,7 @@
 #include "fedmm/log.h"
 
 #ifdef FEDMM_WITH_GRPC
+#include "fedmm/rng.h"
 #include "fedmm/site_train.h"
 #include "net/net.h"
 #endif
@@ -36,7 +38,9 @@ static void usage(void)
            "round that samples this site pulls the global adapters, trains fl.local_steps steps on the site's own\n"
            "split and pushes the update. The bearer token is --token, else $FEDMM_TOKEN, else derived from\n"
            "$FEDMM_SECRET. Exits 0 when the server says the federation is over. TLS: net.tls_ca (the server's CA)\n"
-           "and, for mutual TLS, net.tls_cert + net.tls_key (this site's certificate) (docs/protocol.md).\n");
+           "and, for mutual TLS, net.tls_cert + net.tls_key (this site's certificate) (docs/protocol.md).\n"
+           "An unreachable server (down, restarting with --resume) is retried with back-off for net.reconnect_s\n"
+           "seconds (default 120); the site then re-joins and carries on from the server's round.\n");
 }
 
 static void sleep_s(double s)
@@ -46,17 +50,31 @@ static void sleep_s(double s)
     }
 }
 
-/* Worth retrying: the server is not up yet or busy. A failed TLS handshake is UNAVAILABLE too, but final. */
+/* Worth retrying: the server is down (killed, restarting, not up yet), the connection broke, or the server was
+ * busy (net.max_calls calls in flight). A failed TLS handshake is UNAVAILABLE too; Join gives up on it (join()). */
 static int transient(const fm_net_client *net)
 {
     int code = fm_net_last_code(net);
-    return (code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */) && !fm_net_last_handshake_failed(net);
+    return code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */ || code == 1 /* CANCELLED */ ||
+           fm_net_last_busy(net);
 }
+
+static int64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Join gives up on a refused transport after this many failures in a row that look like one: a server killed
+ * while a connection is being set up can look like it once. */
+#define HANDSHAKE_TRIES 3
 
 typedef struct client {
     fm_cli_run *run;
     const fm_sim_options *o;
     int site;
+    double reconnect_s; /* net.reconnect_s */
     fm_clip *model;
     fm_strategy_block *blocks;
     size_t nb;
@@ -66,35 +84,85 @@ typedef struct client {
     float *global, *local, *delta;
     uint8_t *trained;
     fm_wire_push_header *header;
+    fm_wire_join join;    /* what Join sends; its run id is the run joined ("" before) */
+    int64_t cached_round; /* the round whose update delta and header hold (0: none) */
+    char cached_run[FM_WIRE_RUN_ID_MAX + 1];
+    /* retrying an unreachable server: exponential back-off from 0.1 s, doubling up to 5 s, each wait scaled by
+     * a jitter in [0.5, 1) so that sites do not return in lock step. The jitter's generator is seeded from the
+     * clock and the process id: it decides only when a site calls again, never what it computes. */
+    fm_rng jitter;
+    double backoff_s;
+    double failing_since; /* < 0: the last call succeeded */
+    int handshake_fails;  /* Joins in a row refused in the transport's set-up */
 } client;
 
-/* Calls Join, then Heartbeat, retrying transient failures (server not up yet, busy) with doubling back-off up
- * to `patience_s` in all. */
-static fm_status ask(client *c, const fm_wire_join *j, const fm_wire_ref *h, fm_wire_task *task, double patience_s)
+static void reachable(client *c)
 {
-    double waited = 0.0, backoff = 0.1;
-    for (;;) {
-        fm_status st = j ? fm_net_join(c->net, j, task) : fm_net_heartbeat(c->net, h, task);
-        if (st == FM_OK || !transient(c->net) || waited >= patience_s) {
-            if (st != FM_OK && fm_net_last_handshake_failed(c->net)) {
-                char why[512];
-                snprintf(why, sizeof why, "%s", fm_last_error());
-                return fm_error(FM_ERR_NETWORK,
-                                "site %d: the server closed the connection while it was set up: TLS on one side "
-                                "only, or a certificate refused (check net.tls_ca, net.tls_cert, net.tls_key): %s",
-                                c->site, why);
-            }
-            return st;
-        }
-        FM_INFO("site %d: server not reachable (%s), retrying in %.1f s", c->site, fm_last_error(), backoff);
-        sleep_s(backoff);
-        waited += backoff;
-        backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
-    }
+    c->failing_since = -1.0;
+    c->backoff_s = 0.1;
+    c->handshake_fails = 0;
 }
 
-static fm_status train_round(client *c, const fm_wire_task *task)
+/* After a transient failure: waits the back-off, or gives up once the server has been unreachable for
+ * net.reconnect_s. */
+static fm_status wait_for_server(client *c)
 {
+    const double now = fm_now_seconds();
+    char why[512];
+    snprintf(why, sizeof why, "%s", fm_last_error());
+    if (c->failing_since < 0)
+        c->failing_since = now;
+    if (now - c->failing_since >= c->reconnect_s)
+        return fm_error(FM_ERR_NETWORK, "site %d: the server has been unreachable for %.0f s (net.reconnect_s): %s",
+                        c->site, now - c->failing_since, why);
+    const double wait = c->backoff_s * (0.5 + 0.5 * fm_rng_double(&c->jitter));
+    FM_INFO("site %d: server not reachable (%s), retrying in %.2f s", c->site, why, wait);
+    sleep_s(wait);
+    c->backoff_s = c->backoff_s * 2 > 5.0 ? 5.0 : c->backoff_s * 2;
+    return FM_OK;
+}
+
+static fm_status handshake_error(const client *c)
+{
+    char why[512];
+    snprintf(why, sizeof why, "%s", fm_last_error());
+    return fm_error(FM_ERR_NETWORK,
+                    "site %d: the server closed the connection while it was set up: TLS on one side only, or a "
+                    "certificate refused (check net.tls_ca, net.tls_cert, net.tls_key): %s",
+                    c->site, why);
+}
+
+/* Past the round's deadline (Task.deadline_unix_ms) the server may have closed the round without this site: ask
+ * before sending the update. *go = 0 when the server no longer wants this round's push; *next then holds its
+ * answer (the site's next task: a later round, WAIT or DONE). */
+static fm_status still_wanted(client *c, const fm_wire_task *task, int *go, fm_wire_task *next)
+{
+    *go = 1;
+    const int64_t late_ms = task->deadline_unix_ms > 0 ? unix_ms() - task->deadline_unix_ms : 0;
+    if (late_ms <= 0)
+        return FM_OK;
+    fm_wire_ref h;
+    memset(&h, 0, sizeof h);
+    snprintf(h.run_id, sizeof h.run_id, "%s", task->run_id);
+    h.round = task->round;
+    h.site = c->site;
+    FM_TRY(fm_net_heartbeat(c->net, &h, next));
+    *go = next->action == FM_ACTION_TRAIN && next->round == task->round;
+    if (*go)
+        FM_WARN("site %d: round %lld: %.1f s past its deadline, still open: pushing", c->site, (long long)task->round,
+                (double)late_ms / 1000.0);
+    else
+        FM_WARN("site %d: round %lld: %.1f s past its deadline, closed without this site: the update is not pushed",
+                c->site, (long long)task->round, (double)late_ms / 1000.0);
+    return FM_OK;
+}
+
+/* The round's update: pulled, trained and pushed; or, when the server asks again for a round this site already
+ * trained (a restarted server lost the push), the same update pushed again. When the update is not pushed because
+ * the round closed at its deadline, *task becomes the server's answer (the next task) and *fresh = 1. */
+static fm_status train_round(client *c, fm_wire_task *task, int *fresh)
+{
+    *fresh = 0;
     const fm_sim_options *o = c->o;
     const size_t P = fm_clip_num_trainable(c->model);
     if (task->local_steps != o->local_steps || task->n_params != P || task->rounds != o->rounds)
@@ -102,40 +170,91 @@ static fm_status train_round(client *c, const fm_wire_task *task)
                         "site %d: the server's run (%s) differs from this config (local_steps %lld, "
                         "%zu parameters, %d rounds)",
                         c->site, task->config, (long long)o->local_steps, P, o->rounds);
-    fm_wire_ref r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.run_id, sizeof r.run_id, "%s", task->run_id);
-    r.round = task->round;
-    r.site = c->site;
-    FM_TRY(fm_net_pull(c->net, &r, c->global, c->blocks, c->nb));
-    const fm_site_data *site = &c->sites[c->site];
-    fm_local_task lt = {.site = c->site,
-                        .round = (int)task->round,
-                        .seed = o->seed,
-                        .local_steps = o->local_steps,
-                        .opt = &o->local,
-                        .strategy = &o->strategy,
-                        .blocks = c->blocks,
-                        .n_blocks = c->nb};
-    double loss = 0.0;
-    FM_TRY(fm_site_train(c->trainer, site, &lt, c->global, c->local, &loss));
-    /* an attacker site (fl.malicious_sites, robustness experiments) sends its update sign-flipped, scaled */
-    const float factor = c->site < o->malicious_sites ? (float)-o->attack_scale : 1.0f;
-    for (size_t j = 0; j < P; j++)
-        c->delta[j] = factor * (c->local[j] - c->global[j]);
     fm_wire_push_header *h = c->header;
-    memset(h, 0, sizeof *h);
-    snprintf(h->run_id, sizeof h->run_id, "%s", task->run_id);
-    h->round = task->round;
-    h->site = c->site;
-    h->n_samples = site->n;
-    h->loss = loss;
-    h->n_params = P;
-    h->n_blocks = c->nb;
-    memcpy(h->trained, c->trained, c->nb);
+    if (c->cached_round == task->round && strcmp(c->cached_run, task->run_id) == 0) {
+        FM_WARN("site %d: the server asks for round %lld again: pushing the update trained for it once more", c->site,
+                (long long)task->round);
+    } else {
+        fm_wire_ref r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.run_id, sizeof r.run_id, "%s", task->run_id);
+        r.round = task->round;
+        r.site = c->site;
+        FM_TRY(fm_net_pull(c->net, &r, c->global, c->blocks, c->nb));
+        if (task->deadline_unix_ms > 0)
+            FM_INFO("site %d: round %lld: training; the round's deadline is in %.1f s", c->site, (long long)task->round,
+                    (double)(task->deadline_unix_ms - unix_ms()) / 1000.0);
+        else
+            FM_INFO("site %d: round %lld: training", c->site, (long long)task->round);
+        const fm_site_data *site = &c->sites[c->site];
+        fm_local_task lt = {.site = c->site,
+                            .round = (int)task->round,
+                            .seed = o->seed,
+                            .local_steps = o->local_steps,
+                            .opt = &o->local,
+                            .strategy = &o->strategy,
+                            .blocks = c->blocks,
+                            .n_blocks = c->nb};
+        double loss = 0.0;
+        FM_TRY(fm_site_train(c->trainer, site, &lt, c->global, c->local, &loss));
+        /* an attacker site (fl.malicious_sites, robustness experiments) sends its update sign-flipped, scaled */
+        const float factor = c->site < o->malicious_sites ? (float)-o->attack_scale : 1.0f;
+        for (size_t j = 0; j < P; j++)
+            c->delta[j] = factor * (c->local[j] - c->global[j]);
+        memset(h, 0, sizeof *h);
+        snprintf(h->run_id, sizeof h->run_id, "%s", task->run_id);
+        h->round = task->round;
+        h->site = c->site;
+        h->n_samples = site->n;
+        h->loss = loss;
+        h->n_params = P;
+        h->n_blocks = c->nb;
+        memcpy(h->trained, c->trained, c->nb);
+        c->cached_round = task->round;
+        snprintf(c->cached_run, sizeof c->cached_run, "%s", task->run_id);
+    }
+    int go = 1;
+    fm_wire_task next;
+    FM_TRY(still_wanted(c, task, &go, &next));
+    if (!go) {
+        *task = next;
+        *fresh = 1;
+        return FM_OK;
+    }
     fm_wire_reply reply;
     FM_TRY(fm_net_push(c->net, h, c->delta, c->blocks, 0, &reply));
-    FM_INFO("site %d: round %lld pushed, local loss %.4f", c->site, (long long)task->round, loss);
+    FM_INFO("site %d: round %lld pushed, local loss %.4f", c->site, (long long)task->round, h->loss);
+    return FM_OK;
+}
+
+/* Join (again, after the server was unreachable: with the run id, so that a server restarted without --resume
+ * is told apart from the same run resumed). *joined = 1 on success; a transient failure waits the back-off. */
+static fm_status join(client *c, fm_wire_task *task, int *joined)
+{
+    const int again = c->join.run_id[0] != '\0';
+    fm_status st = fm_net_join(c->net, &c->join, task);
+    if (st != FM_OK) {
+        if (fm_net_last_handshake_failed(c->net) && ++c->handshake_fails >= HANDSHAKE_TRIES)
+            return handshake_error(c);
+        if (transient(c->net))
+            return wait_for_server(c);
+        if (again && fm_net_last_code(c->net) == 9) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", fm_last_error());
+            return fm_error(FM_ERR_NETWORK,
+                            "site %d: the server no longer runs run %s (restarted without --resume?): %s", c->site,
+                            c->join.run_id, why);
+        }
+        return st;
+    }
+    reachable(c);
+    *joined = 1;
+    if (again)
+        FM_WARN("site %d: re-joined run %s at round %lld", c->site, task->run_id, (long long)task->round);
+    else
+        FM_INFO("site %d: joined run %s (%s), %lld samples, modality %s", c->site, task->run_id, task->config,
+                (long long)c->sites[c->site].n, fm_modality_name(c->sites[c->site].modality));
+    snprintf(c->join.run_id, sizeof c->join.run_id, "%s", task->run_id);
     return FM_OK;
 }
 
@@ -162,36 +281,49 @@ static fm_status run_site(client *c, const char *token, const char *target, cons
     const fm_site_data *site = &c->sites[c->site];
     fm_site_trained_blocks(c->model, site->modality, c->trained, NULL);
     FM_TRY(fm_net_client_create_tls(&c->net, target, token, 120.0, tls));
+    FM_TRY(fm_net_client_set_codec(c->net, &c->o->wire)); /* net.encoding / net.compress of pushes */
+    c->jitter = fm_rng_make((uint64_t)(fm_now_seconds() * 1e9) ^ ((uint64_t)getpid() << 32), (uint64_t)c->site);
+    reachable(c);
 
-    fm_wire_join j;
-    memset(&j, 0, sizeof j);
-    j.site = c->site;
-    snprintf(j.token, sizeof j.token, "%s", token);
-    j.modalities = (uint32_t)site->modality;
-    snprintf(j.model_family, sizeof j.model_family, "%.64s", run->model.name);
-    j.n_params = P;
-    j.n_blocks = (uint32_t)c->nb;
-    snprintf(j.device, sizeof j.device, "%s", run->device == FM_DEVICE_CPU ? "cpu" : "cuda");
+    fm_wire_join *j = &c->join;
+    memset(j, 0, sizeof *j);
+    j->site = c->site;
+    snprintf(j->token, sizeof j->token, "%s", token);
+    j->modalities = (uint32_t)site->modality;
+    snprintf(j->model_family, sizeof j->model_family, "%.64s", run->model.name);
+    j->n_params = P;
+    j->n_blocks = (uint32_t)c->nb;
+    snprintf(j->device, sizeof j->device, "%s", run->device == FM_DEVICE_CPU ? "cpu" : "cuda");
     fm_wire_task task;
-    FM_TRY(ask(c, &j, NULL, &task, 60.0));
-    FM_INFO("site %d: joined run %s (%s), %lld samples, modality %s", c->site, task.run_id, task.config,
-            (long long)site->n, fm_modality_name(site->modality));
-    int64_t last_pushed = 0;
+    memset(&task, 0, sizeof task);
+    int joined = 0;
     for (;;) {
+        if (!joined) { /* at the start, and after every failure to reach the server */
+            FM_TRY(join(c, &task, &joined));
+            continue;
+        }
         if (task.action == FM_ACTION_DONE) {
             printf("site %d done: run %s, %d rounds\n", c->site, task.run_id, task.rounds);
             return FM_OK;
         }
-        if (task.action == FM_ACTION_TRAIN && task.round > last_pushed) {
-            fm_status st = train_round(c, &task);
+        if (task.action == FM_ACTION_TRAIN) {
+            int fresh = 0;
+            fm_status st = train_round(c, &task, &fresh);
             int code = fm_net_last_code(c->net);
+            if (st == FM_ERR_NETWORK && transient(c->net)) {
+                FM_TRY(wait_for_server(c));
+                joined = 0;
+                continue;
+            }
             if (st == FM_ERR_NETWORK && (code == 6 || code == 9)) {
-                /* refused as stale or duplicate: the server has moved on; ask what to do now */
+                /* refused as stale (the round closed without this site) or duplicate: ask what to do now */
                 FM_WARN("site %d: round %lld refused: %s", c->site, (long long)task.round, fm_last_error());
             } else if (st != FM_OK) {
                 return st;
+            } else if (fresh) { /* the round closed at its deadline: task is already the server's next answer */
+                reachable(c);
+                continue;
             }
-            last_pushed = task.round;
         } else {
             sleep_s(0.02);
         }
@@ -200,7 +332,14 @@ static fm_status run_site(client *c, const char *token, const char *target, cons
         snprintf(h.run_id, sizeof h.run_id, "%s", task.run_id);
         h.round = task.round;
         h.site = c->site;
-        FM_TRY(ask(c, NULL, &h, &task, 30.0));
+        if (fm_net_heartbeat(c->net, &h, &task) != FM_OK) {
+            if (!transient(c->net))
+                return FM_ERR_NETWORK;
+            FM_TRY(wait_for_server(c));
+            joined = 0;
+            continue;
+        }
+        reachable(c);
     }
 }
 
@@ -264,6 +403,7 @@ int fm_cli_client(int argc, char **argv)
     c.run = &run;
     c.o = &o;
     c.site = (int)site;
+    c.reconnect_s = no.reconnect_s;
     if (s == FM_OK)
         s = run_site(&c, token, target, &tls);
     rc = s == FM_OK ? 0 : fm_cli_fail("client", "run", s);

@@ -188,6 +188,16 @@ fm_status fm_cli_open_dataset(const fm_cli_run *run, fm_split split, fm_dataset 
     return fm_dataset_synth(out, &run->synth, split, run->tok, ctx);
 }
 
+fm_status fm_cli_read_precision(fm_cli_run *run)
+{
+    const char *p;
+    FM_TRY(fm_config_str(run->cfg, "train.precision", "fp32", &p));
+    fm_status s = fm_precision_parse(p, &run->model.precision);
+    if (s != FM_OK)
+        return fm_error(s, "train.precision: '%s' is not fp32 or bf16", p);
+    return fm_clip_config_validate(&run->model);
+}
+
 fm_status fm_cli_read_optimizer(fm_config *c, fm_train_options *o)
 {
     int64_t v;

@@ -60,6 +60,10 @@ fm_status fm_cli_open_dataset(const fm_cli_run *run, fm_split split, fm_dataset 
  * beta1, beta2, eps, grad_clip) over the values already in *o. */
 fm_status fm_cli_read_optimizer(fm_config *c, fm_train_options *o);
 
+/* Reads train.precision (fp32 | bf16, default fp32) into run->model.precision, for the commands that train
+ * (train, sim, server, client); bf16 needs a CUDA model, which fm_clip_create checks. */
+fm_status fm_cli_read_precision(fm_cli_run *run);
+
 /* mkdir -p. */
 fm_status fm_cli_mkdirs(const char *path);
 

@@ -2,6 +2,8 @@
  * λ, τ, κ, representation dtype, ablation switches), runs fm_creamfl_run and saves the server model. */
 #include "cli/creamfl.h"
 
+#include "cli/fl_config.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -46,6 +48,19 @@ static fm_status read_model(fm_cli_run *run, const char *prefix, fm_clip_config 
     return FM_OK;
 }
 
+/* Keys this command once read under fl.creamfl.* and now shares with parameter FL under fl.*. */
+static fm_status refuse_moved_keys(fm_config *c)
+{
+    static const char *moved[][2] = {{"fl.creamfl.rounds", "fl.rounds"},
+                                     {"fl.creamfl.local_steps", "fl.local_steps"},
+                                     {"fl.creamfl.sites_per_round", "fl.sites_per_round"}};
+    for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++)
+        if (fm_config_has(c, moved[i][0]))
+            return fm_error(FM_ERR_CONFIG, "%s is now %s (the key every federated run reads)", moved[i][0],
+                            moved[i][1]);
+    return FM_OK;
+}
+
 static fm_status read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_creamfl_options *o)
 {
     fm_config *c = run->cfg;
@@ -54,27 +69,71 @@ static fm_status read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_cream
     double f;
     int b;
     const char *s;
+    FM_TRY(refuse_moved_keys(c));
     FM_TRY(fm_config_int(c, "fl.seed", (int64_t)run->seed, 0, INT64_MAX, &v));
     o->seed = (uint64_t)v;
     FM_TRY(read_model(run, "fl.creamfl.server", &o->server));
     static const char *groups[FM_CREAMFL_KINDS] = {"fl.creamfl.paired", "fl.creamfl.image", "fl.creamfl.text"};
     char key[128];
+    for (int k = 0; k < FM_CREAMFL_KINDS; k++)
+        FM_TRY(read_model(run, groups[k], &o->site_model[k]));
+
+    /* the sites: CreamFL's groups (fl.creamfl.<kind>.count), or a modality scenario over fl.sites sites
+     * (fl.scenario and its keys, as parameter FL reads them) */
+    int group_keys = 0;
     for (int k = 0; k < FM_CREAMFL_KINDS; k++) {
         snprintf(key, sizeof key, "%s.count", groups[k]);
-        FM_TRY(fm_config_int(c, key, o->num_sites[k], 0, 4096, &v));
-        o->num_sites[k] = (int)v;
-        FM_TRY(read_model(run, groups[k], &o->site_model[k]));
+        group_keys |= fm_config_has(c, key);
     }
-    int N = o->num_sites[0] + o->num_sites[1] + o->num_sites[2];
-    FM_TRY(fm_config_int(c, "fl.creamfl.public_size", o->public_size, 2, INT64_C(1) << 40, &o->public_size));
-    FM_TRY(fm_config_int(c, "fl.creamfl.rounds", o->rounds, 1, 1000000, &v));
+    int N = 0;
+    if (fm_config_has(c, "fl.scenario") || fm_config_has(c, "fl.sites")) {
+        if (group_keys)
+            return fm_error(FM_ERR_CONFIG, "fl.scenario / fl.sites (sites from a modality scenario) and "
+                                           "fl.creamfl.<kind>.count (sites in groups) both given: choose one");
+        o->layout = FM_CREAMFL_SCENARIO;
+        FM_TRY(fm_cli_read_scenario(run, o->seed, &o->scenario));
+        o->label_attr = o->scenario.label_attr;
+        N = o->scenario.num_sites;
+    } else {
+        o->layout = FM_CREAMFL_GROUPS;
+        for (int k = 0; k < FM_CREAMFL_KINDS; k++) {
+            snprintf(key, sizeof key, "%s.count", groups[k]);
+            FM_TRY(fm_config_int(c, key, o->num_sites[k], 0, 4096, &v));
+            o->num_sites[k] = (int)v;
+            N += o->num_sites[k];
+        }
+        FM_TRY(fm_config_str(c, "fl.label_attr", "kind", &s));
+        FM_TRY(fm_attribute_parse(s, &o->label_attr));
+    }
+    if (N > 0) {
+        FM_TRY(
+            fm_cli_read_sites_per_round(run, N, N < o->sites_per_round ? N : o->sites_per_round, &o->sites_per_round));
+    } else if (fm_config_has(c, "fl.sites_per_round") || fm_config_has(c, "fl.sites_fraction")) {
+        return fm_error(FM_ERR_CONFIG, "fl.sites_per_round / fl.sites_fraction given, but there are no sites (the "
+                                       "public-only baseline is fl.creamfl.public_only: true)");
+    }
+    FM_TRY(fm_config_bool(c, "fl.creamfl.public_only", 0, &b));
+    o->public_only = b;
+    FM_TRY(fm_config_int(c, "fl.rounds", o->rounds, 1, 1000000, &v));
     o->rounds = (int)v;
-    FM_TRY(
-        fm_config_int(c, "fl.creamfl.sites_per_round", N < o->sites_per_round ? N : o->sites_per_round, 0, 4096, &v));
-    o->sites_per_round = (int)v;
-    FM_TRY(fm_config_int(c, "fl.creamfl.local_steps", o->local_steps, 0, INT64_C(1) << 40, &o->local_steps));
+    FM_TRY(fm_config_int(c, "fl.local_steps", o->local_steps, 0, INT64_C(1) << 40, &o->local_steps));
+    FM_TRY(fm_config_int(c, "fl.creamfl.init_local_steps", o->init_local_steps, 0, INT64_C(1) << 40,
+                         &o->init_local_steps));
+    FM_TRY(fm_config_int(c, "fl.creamfl.public_size", o->public_size, 2, INT64_C(1) << 40, &o->public_size));
     FM_TRY(fm_config_int(c, "fl.creamfl.server_steps", o->server_steps, 0, INT64_C(1) << 40, &o->server_steps));
+    FM_TRY(fm_config_int(c, "fl.creamfl.server_init_steps", o->server_init_steps, 0, INT64_C(1) << 40,
+                         &o->server_init_steps));
     FM_TRY(fm_config_int(c, "fl.creamfl.distill_steps", o->distill_steps, 0, INT64_C(1) << 40, &o->distill_steps));
+    FM_TRY(fm_config_str(c, "fl.creamfl.distill", "separate", &s));
+    if (strcmp(s, "joint") == 0)
+        o->distill = FM_CREAMFL_DISTILL_JOINT;
+    else if (strcmp(s, "separate") == 0)
+        o->distill = FM_CREAMFL_DISTILL_SEPARATE;
+    else
+        return fm_error(FM_ERR_CONFIG,
+                        "fl.creamfl.distill '%s': expected joint (CLIP + kappa * MSE) or separate "
+                        "(MSE alone, its own AdamW state)",
+                        s);
     FM_TRY(fm_config_float(c, "fl.creamfl.lambda", o->lambda, 0.0, 1e6, &f));
     o->lambda = (float)f;
     FM_TRY(fm_config_float(c, "fl.creamfl.tau", o->tau, 1e-6, 1e6, &f));
@@ -94,27 +153,19 @@ static fm_status read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_cream
     o->inter = b;
     FM_TRY(fm_config_bool(c, "fl.creamfl.intra", o->intra, &b));
     o->intra = b;
+    FM_TRY(fm_config_bool(c, "fl.creamfl.eval_sites", o->eval_sites, &b));
+    o->eval_sites = b;
     FM_TRY(fm_config_int(c, "fl.creamfl.tile_rows", 0, 0, INT64_C(1) << 20, &v));
     o->tiles.rows = (size_t)v;
     FM_TRY(fm_config_int(c, "fl.creamfl.tile_cols", 0, 0, INT64_C(1) << 20, &v));
     o->tiles.cols = (size_t)v;
-    FM_TRY(fm_config_str(c, "fl.label_attr", "kind", &s));
-    FM_TRY(fm_attribute_parse(s, &o->label_attr));
 
     /* sites' AdamW from train.*, the server's from fl.creamfl.server_* (defaulting to the sites') */
-    fm_train_options *t = &o->local;
-    FM_TRY(fm_config_int(c, "train.batch_size", t->batch_size, 2, 65536, &v));
-    t->batch_size = (int)v;
-    FM_TRY(fm_config_float(c, "train.lr", t->lr, 0.0, 10.0, &t->lr));
-    FM_TRY(fm_config_float(c, "train.weight_decay", t->weight_decay, 0.0, 10.0, &t->weight_decay));
-    FM_TRY(fm_config_float(c, "train.beta1", t->beta1, 0.0, 0.999999, &t->beta1));
-    FM_TRY(fm_config_float(c, "train.beta2", t->beta2, 0.0, 0.999999, &t->beta2));
-    FM_TRY(fm_config_float(c, "train.eps", t->eps, 1e-12, 1.0, &t->eps));
-    FM_TRY(fm_config_float(c, "train.grad_clip", t->grad_clip, 0.0, 1e6, &t->grad_clip));
-    o->server_opt = *t;
-    FM_TRY(fm_config_int(c, "fl.creamfl.server_batch_size", t->batch_size, 2, 65536, &v));
+    FM_TRY(fm_cli_read_optimizer(c, &o->local));
+    o->server_opt = o->local;
+    FM_TRY(fm_config_int(c, "fl.creamfl.server_batch_size", o->local.batch_size, 2, 65536, &v));
     o->server_opt.batch_size = (int)v;
-    FM_TRY(fm_config_float(c, "fl.creamfl.server_lr", t->lr, 0.0, 10.0, &o->server_opt.lr));
+    FM_TRY(fm_config_float(c, "fl.creamfl.server_lr", o->local.lr, 0.0, 10.0, &o->server_opt.lr));
 
     FM_TRY(fm_config_int(c, "fl.eval_every", o->eval_every, 0, 1000000, &v));
     o->eval_every = (int)v;
@@ -124,8 +175,7 @@ static fm_status read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_cream
     FM_TRY(fm_config_str(c, "metrics", NULL, &metrics));
     o->out_dir = args->out_dir ? args->out_dir : out;
     o->metrics_path = args->metrics_path ? args->metrics_path : metrics;
-    if (args->resume)
-        return fm_error(FM_ERR_CONFIG, "--resume is not supported with fl.algorithm creamfl yet");
+    o->resume = args->resume;
     return fm_creamfl_validate(o, &run->synth);
 }
 
@@ -149,12 +199,19 @@ static int run_creamfl(const fm_cli_args *args, fm_cli_run *run)
     fm_creamfl_result res;
     memset(&res, 0, sizeof res);
     if (s == FM_OK) {
-        FM_INFO("sim: creamfl, server %s (width %d/%d, %d/%d layers), sites paired %d image %d text %d, %d per "
-                "round, |P| %lld, %d rounds, lambda %g tau %g kappa %g, %s, ensemble %s, inter %s, intra %s, out %s",
+        char sites[160];
+        if (o.layout == FM_CREAMFL_SCENARIO)
+            snprintf(sites, sizeof sites, "%d sites (scenario %s)", o.scenario.num_sites,
+                     fm_scenario_name(o.scenario.scenario));
+        else
+            snprintf(sites, sizeof sites, "sites paired %d image %d text %d", o.num_sites[0], o.num_sites[1],
+                     o.num_sites[2]);
+        FM_INFO("sim: creamfl, server %s (width %d/%d, %d/%d layers), %s, %d per round, |P| %lld, %d rounds, "
+                "lambda %g tau %g kappa %g, %s, ensemble %s, inter %s, intra %s, out %s",
                 o.server.name, o.server.vision_width, o.server.text_width, o.server.vision_layers, o.server.text_layers,
-                o.num_sites[0], o.num_sites[1], o.num_sites[2], o.sites_per_round, (long long)o.public_size, o.rounds,
-                (double)o.lambda, (double)o.tau, (double)o.kappa, o.rep_bf16 ? "bf16" : "fp32",
-                o.ensemble ? "on" : "off (plain mean)", o.inter ? "on" : "off", o.intra ? "on" : "off", o.out_dir);
+                sites, o.sites_per_round, (long long)o.public_size, o.rounds, (double)o.lambda, (double)o.tau,
+                (double)o.kappa, o.rep_bf16 ? "bf16" : "fp32", o.ensemble ? "on" : "off (plain mean)",
+                o.inter ? "on" : "off", o.intra ? "on" : "off", o.out_dir);
         what = "run";
         s = fm_creamfl_run(&o, &run->synth, run->tok, run->device, &res, &server);
     }
@@ -171,10 +228,12 @@ static int run_creamfl(const fm_cli_args *args, fm_cli_run *run)
         return fm_cli_fail("sim", what, s);
     const fm_eval_result *ev = &res.last_eval;
     printf("sim done (creamfl): %d rounds in %.1f s | server test (%lld pairs) i2t R@1 %.3f R@5 %.3f R@10 %.3f | "
-           "t2i R@1 %.3f R@5 %.3f R@10 %.3f | zero-shot acc %.3f | up %.2f MB down %.2f MB | ensemble %.2f s\n",
+           "t2i R@1 %.3f R@5 %.3f R@10 %.3f | zero-shot acc %.3f | up %.2f MB down %.2f MB | ensemble %.2f s | "
+           "sites paired %d image %d text %d\n",
            res.rounds_done, res.wall_s, (long long)ev->pairs, ev->retrieval.i2t_r1, ev->retrieval.i2t_r5,
            ev->retrieval.i2t_r10, ev->retrieval.t2i_r1, ev->retrieval.t2i_r5, ev->retrieval.t2i_r10, ev->zs_acc,
-           res.bytes_up / 1e6, res.bytes_down / 1e6, res.ensemble_s);
+           res.bytes_up / 1e6, res.bytes_down / 1e6, res.ensemble_s, res.sites_of_kind[FM_CREAMFL_PAIRED],
+           res.sites_of_kind[FM_CREAMFL_IMAGE], res.sites_of_kind[FM_CREAMFL_TEXT]);
     return 0;
 }
 

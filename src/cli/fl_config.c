@@ -1,11 +1,13 @@
 /* Reading the federation's configuration keys (see fl_config.h). */
 #include "cli/fl_config.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fedmm/log.h"
+#include "net/net.h" /* FM_NET_MAX_CALLS; no gRPC in it */
 
 fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_options *o)
 {
@@ -21,36 +23,14 @@ fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_option
 
     /* the federation: a FedMLLM setting by name, or a scenario with its parameters */
     fm_scenario_config *sc = &o->scenario;
-    *sc = fm_scenario_default_config();
-    FM_TRY(fm_config_int(c, "fl.sites", sc->num_sites, 1, 100000, &v));
-    sc->num_sites = (int)v;
-    sc->seed = o->seed;
-    FM_TRY(fm_config_str(c, "fl.label_attr", "kind", &s));
-    FM_TRY(fm_attribute_parse(s, &sc->label_attr));
+    FM_TRY(fm_cli_read_scenario(run, o->seed, sc));
     o->label_attr = sc->label_attr;
-    FM_TRY(fm_config_str(c, "fl.scenario", "aligned", &s));
-    if (strchr(s, '-')) {
-        FM_TRY(fm_scenario_setting(s, sc));
-    } else {
-        FM_TRY(fm_scenario_parse(s, &sc->scenario));
-    }
-    FM_TRY(fm_config_float(c, "fl.alpha", sc->alpha, 1e-6, 1e6, &sc->alpha));
-    FM_TRY(fm_config_float(c, "fl.missing_rate", sc->missing_rate, 0.0, 1.0, &sc->missing_rate));
-    FM_TRY(fm_config_int(c, "fl.cross_k", sc->cross_k, 0, sc->num_sites, &v));
-    sc->cross_k = (int)v;
-    FM_TRY(fm_config_float(c, "fl.hybrid_q", sc->hybrid_q, 0.0, 1.0, &sc->hybrid_q));
-    FM_TRY(fm_config_int(c, "fl.min_site_size", sc->min_site_size, 1, INT64_C(1) << 40, &sc->min_site_size));
-    /* sites per round: a count, or a fraction of the sites (not both) */
-    double frac = 0.0;
-    FM_TRY(fm_config_float(c, "fl.sites_fraction", 0.0, 0.0, 1.0, &frac));
-    if (frac > 0.0 && fm_config_has(c, "fl.sites_per_round"))
-        return fm_error(FM_ERR_CONFIG, "fl.sites_per_round and fl.sites_fraction both given: choose one");
-    FM_TRY(fm_config_int(c, "fl.sites_per_round", sc->num_sites < 5 ? sc->num_sites : 5, 1, sc->num_sites, &v));
-    o->sites_per_round = (int)v;
-    if (frac > 0.0) {
-        int m = (int)(frac * sc->num_sites + 0.5);
-        o->sites_per_round = m < 1 ? 1 : m;
-    }
+    FM_TRY(fm_cli_read_sites_per_round(run, sc->num_sites, sc->num_sites < 5 ? sc->num_sites : 5, &o->sites_per_round));
+    /* over-selection: a round tasks m + ceil(x·m) sites (at most fl.sites) and keeps m updates (sim.h) */
+    double over = 0.0;
+    FM_TRY(fm_config_float(c, "fl.over_select", 0.0, 0.0, 100.0, &over));
+    const double extra = ceil(over * o->sites_per_round - 1e-9), room = sc->num_sites - o->sites_per_round;
+    o->over_select_sites = (int)(extra <= 0.0 ? 0.0 : extra < room ? extra : room);
     /* robustness experiments: sites 0 .. malicious_sites-1 send −attack_scale × their update */
     FM_TRY(fm_config_int(c, "fl.malicious_sites", 0, 0, sc->num_sites, &v));
     o->malicious_sites = (int)v;
@@ -82,8 +62,9 @@ fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_option
     FM_TRY(fm_config_float(c, "fl.clip_norm", st->clip_norm, 0.0, 1e30, &st->clip_norm));
     FM_TRY(fm_strategy_config_validate(st));
 
-    /* each site's local optimizer */
+    /* each site's local optimizer, and the model's arithmetic */
     FM_TRY(fm_cli_read_optimizer(c, &o->local));
+    FM_TRY(fm_cli_read_precision(run));
 
     FM_TRY(fm_config_int(c, "fl.eval_every", o->eval_every, 0, 1000000, &v));
     o->eval_every = (int)v;
@@ -97,6 +78,49 @@ fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_option
     o->out_dir = args->out_dir ? args->out_dir : out;
     o->metrics_path = args->metrics_path ? args->metrics_path : metrics;
     o->resume = args->resume;
+    return FM_OK;
+}
+
+fm_status fm_cli_read_scenario(fm_cli_run *run, uint64_t seed, fm_scenario_config *sc)
+{
+    fm_config *c = run->cfg;
+    int64_t v;
+    const char *s;
+    *sc = fm_scenario_default_config();
+    FM_TRY(fm_config_int(c, "fl.sites", sc->num_sites, 1, 100000, &v));
+    sc->num_sites = (int)v;
+    sc->seed = seed;
+    FM_TRY(fm_config_str(c, "fl.label_attr", "kind", &s));
+    FM_TRY(fm_attribute_parse(s, &sc->label_attr));
+    FM_TRY(fm_config_str(c, "fl.scenario", "aligned", &s));
+    if (strchr(s, '-')) {
+        FM_TRY(fm_scenario_setting(s, sc));
+    } else {
+        FM_TRY(fm_scenario_parse(s, &sc->scenario));
+    }
+    FM_TRY(fm_config_float(c, "fl.alpha", sc->alpha, 1e-6, 1e6, &sc->alpha));
+    FM_TRY(fm_config_float(c, "fl.missing_rate", sc->missing_rate, 0.0, 1.0, &sc->missing_rate));
+    FM_TRY(fm_config_int(c, "fl.cross_k", sc->cross_k, 0, sc->num_sites, &v));
+    sc->cross_k = (int)v;
+    FM_TRY(fm_config_float(c, "fl.hybrid_q", sc->hybrid_q, 0.0, 1.0, &sc->hybrid_q));
+    return fm_config_int(c, "fl.min_site_size", sc->min_site_size, 1, INT64_C(1) << 40, &sc->min_site_size);
+}
+
+fm_status fm_cli_read_sites_per_round(fm_cli_run *run, int num_sites, int dflt, int *out)
+{
+    fm_config *c = run->cfg;
+    int64_t v;
+    /* a count, or a fraction of the sites (not both) */
+    double frac = 0.0;
+    FM_TRY(fm_config_float(c, "fl.sites_fraction", 0.0, 0.0, 1.0, &frac));
+    if (frac > 0.0 && fm_config_has(c, "fl.sites_per_round"))
+        return fm_error(FM_ERR_CONFIG, "fl.sites_per_round and fl.sites_fraction both given: choose one");
+    FM_TRY(fm_config_int(c, "fl.sites_per_round", dflt, 1, num_sites, &v));
+    *out = (int)v;
+    if (frac > 0.0) {
+        int m = (int)(frac * num_sites + 0.5);
+        *out = m < 1 ? 1 : m;
+    }
     return FM_OK;
 }
 
@@ -114,6 +138,7 @@ fm_status fm_cli_read_federation(fm_cli_run *run, const fm_cli_args *args, fm_si
     memset(net, 0, sizeof *net);
     FM_TRY(fm_cli_read_fl(run, args, o));
     FM_TRY(fm_cli_read_net(run, net));
+    o->wire = net->codec; /* sim passes its updates and broadcasts through the network's encoding */
     return fm_config_check_unused(run->cfg);
 }
 
@@ -130,6 +155,20 @@ fm_status fm_cli_read_net(fm_cli_run *run, fm_cli_net_options *o)
     int64_t v;
     FM_TRY(fm_config_int(c, "fl.min_sites", 1, 1, 100000, &v));
     o->min_sites = (int)v;
+    FM_TRY(fm_config_float(c, "net.park_memory_mb", 256.0, 0.0, 1e9, &o->park_memory_mb));
+    FM_TRY(fm_config_float(c, "net.reconnect_s", 120.0, 0.1, 1e9, &o->reconnect_s));
+    FM_TRY(fm_config_float(c, "net.call_timeout_s", 60.0, 0.1, 1e9, &o->call_timeout_s));
+    FM_TRY(fm_config_int(c, "net.max_calls", FM_NET_MAX_CALLS, 1, 1000000, &v));
+    o->max_calls = (int)v;
+    FM_TRY(fm_config_float(c, "net.release_grace_s", 10.0, 0.1, 1e9, &o->release_grace_s));
+    /* tensor payloads (docs/protocol.md): the encoding of updates and broadcasts, and their compression */
+    const char *enc, *comp;
+    FM_TRY(fm_config_str(c, "net.encoding", "f32", &enc));
+    FM_TRY(fm_wire_encoding_parse(enc, &o->codec.encoding));
+    FM_TRY(fm_config_str(c, "net.compress", "none", &comp));
+    FM_TRY(fm_wire_compression_parse(comp, &o->codec.compression));
+    FM_TRY(fm_config_int(c, "net.zstd_level", 3, 1, 19, &v));
+    o->codec.zstd_level = (int)v;
     return FM_OK;
 }
 

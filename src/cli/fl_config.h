@@ -11,6 +11,15 @@
  * `sim`, `server` and `client` see the same federation. */
 fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_options *o);
 
+/* The modality scenario of a federation: fl.sites, fl.label_attr, fl.scenario (a scenario name or one of FedMLLM's
+ * twelve settings) and its parameters (fl.alpha, fl.missing_rate, fl.cross_k, fl.hybrid_q, fl.min_site_size),
+ * starting from fm_scenario_default_config(), seed `seed`. Shared by parameter FL and CreamFL. */
+fm_status fm_cli_read_scenario(fm_cli_run *run, uint64_t seed, fm_scenario_config *sc);
+
+/* fl.sites_per_round (default dflt, in [1, num_sites]) or fl.sites_fraction (a fraction of num_sites, at least 1),
+ * not both. */
+fm_status fm_cli_read_sites_per_round(fm_cli_run *run, int num_sites, int dflt, int *out);
+
 /* The net.* keys of `fedmm server` and `fedmm client` (docs/config.md): transport security and the round
  * deadline (with fl.min_sites, which only the server uses). Paths are NULL when
  * not given. Both commands read every key, so that one config file serves the server and its sites. */
@@ -20,6 +29,14 @@ typedef struct fm_cli_net_options {
     int mtls;                                /* server: require and verify client certificates */
     double round_timeout_s;                  /* server: net.round_timeout_s, the round deadline (0 = none) */
     int min_sites;                           /* server: fl.min_sites, the pushes a round closes with at its deadline */
+    double park_memory_mb; /* server: net.park_memory_mb, RAM for out-of-order updates before they spill to disk */
+    double reconnect_s;    /* client: net.reconnect_s, how long it keeps retrying an unreachable server */
+    double call_timeout_s; /* server: net.call_timeout_s, a call that makes no progress this long is cancelled */
+    int max_calls;         /* server: net.max_calls, calls served at once; one more is refused as busy */
+    fm_wire_codec codec;   /* both: net.encoding, net.compress, net.zstd_level — how Push (the site) and Pull (the
+                              server) encode tensors; sim applies the same (fm_sim_options.wire) */
+    /* server: net.release_grace_s, how long after the last round it waits for every site that joined to hear DONE */
+    double release_grace_s;
 } fm_cli_net_options;
 
 fm_status fm_cli_read_net(fm_cli_run *run, fm_cli_net_options *o);

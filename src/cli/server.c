@@ -32,7 +32,7 @@ int fm_cli_server(int argc, char **argv)
 static void usage(void)
 {
     printf("usage: fedmm server --config FILE --listen HOST:PORT [--set key=value ...] [--out DIR] [--metrics FILE]\n"
-           "                    [--device auto|cpu|cuda] [--threads N]\n"
+           "                    [--resume] [--device auto|cpu|cuda] [--threads N]\n"
            "\n"
            "Runs the federation of the config's fl.* keys with the sites as separate `fedmm client` processes:\n"
            "each round samples fl.sites_per_round of fl.sites sites exactly as `fedmm sim` does, streams the\n"
@@ -43,12 +43,20 @@ static void usage(void)
            "DIR/metrics.jsonl; exits 0 once the last round is aggregated and every site was told so.\n"
            "TLS: net.tls_cert + net.tls_key (PEM) serve over TLS; net.mtls: true with net.tls_ca also requires\n"
            "client certificates signed by that CA. net.round_timeout_s (0 = none) closes a round at its deadline\n"
-           "with the sites that pushed, if at least fl.min_sites did (docs/protocol.md).\n");
+           "with the sites that pushed, if at least fl.min_sites did; fl.over_select tasks extra sites and closes\n"
+           "a round once fl.sites_per_round pushed. After every round the state is written to DIR (atomically);\n"
+           "--resume continues a killed server's run from it, with the same run id, so running clients carry on\n"
+           "(docs/protocol.md, \"Faults\"). Calls are served concurrently: one that makes no progress for\n"
+           "net.call_timeout_s (default 60) is cancelled; beyond net.max_calls (default 256) calls are refused as\n"
+           "busy and the sites retry.\n");
 }
 
 typedef struct server_ctx {
     fm_metrics_log log;
+    const char *metrics_path;
     double t0;
+    fm_net_traffic traffic;    /* tensor payload bytes sent and accepted by this process (rpc.c counts them) */
+    double base_up, base_down; /* a resumed run's bytes before the restart (its state's last round) */
 } server_ctx;
 
 static void on_listen(void *ctx, int port)
@@ -58,15 +66,40 @@ static void on_listen(void *ctx, int port)
     fflush(stdout);
 }
 
-static void on_round(void *ctx, int round, double mean_loss, const float *global)
+/* bytes_up / bytes_down: payload bytes of the run so far, as `fedmm sim` writes them */
+static fm_status write_metrics(server_ctx *sc, const fm_fedsrv_round_log *r)
+{
+    const char *keys[] = {"round", "loss", "sites", "wall_s", "bytes_up", "bytes_down"};
+    double vals[] = {r->round, r->loss, r->sites, r->wall_s, r->bytes_up, r->bytes_down};
+    return fm_metrics_write(&sc->log, keys, vals, 6);
+}
+
+static void on_round(void *ctx, fm_fedsrv_round_log *r, const float *global)
 {
     (void)global;
     server_ctx *sc = ctx;
-    const char *keys[] = {"round", "loss", "wall_s"};
-    double vals[] = {round, mean_loss, fm_now_seconds() - sc->t0};
-    if (fm_metrics_write(&sc->log, keys, vals, 3) != FM_OK)
+    /* this process's count, after the count the resumed state carried */
+    r->bytes_up = sc->base_up + sc->traffic.bytes_up;
+    r->bytes_down = sc->base_down + sc->traffic.bytes_down;
+    if (write_metrics(sc, r) != FM_OK)
         FM_WARN("server: metrics: %s", fm_last_error());
-    FM_INFO("server: round %d aggregated, mean site loss %.4f", round, mean_loss);
+    FM_INFO("server: round %d aggregated (%d sites), mean site loss %.4f", r->round, r->sites, r->loss);
+}
+
+/* The metrics file starts over with the rounds already finished (a resumed run's, from its state): a round
+ * that a killed server logged but did not save is run again and logged once. */
+static fm_status open_metrics(server_ctx *sc, const fm_fedsrv *srv)
+{
+    FM_TRY(fm_metrics_open(&sc->log, sc->metrics_path, 0));
+    int n = 0;
+    const fm_fedsrv_round_log *h = fm_fedsrv_history(srv, &n);
+    for (int i = 0; i < n; i++)
+        FM_TRY(write_metrics(sc, &h[i]));
+    if (n > 0) {
+        sc->base_up = h[n - 1].bytes_up;
+        sc->base_down = h[n - 1].bytes_down;
+    }
+    return FM_OK;
 }
 
 typedef struct server_state {
@@ -100,7 +133,7 @@ static void state_free(server_state *s)
 }
 
 static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_net_options *no, const char *listen,
-                       const fm_net_tls *tls, server_ctx *sc)
+                       const fm_net_tls *tls, int resume, server_ctx *sc)
 {
     server_state s;
     memset(&s, 0, sizeof s);
@@ -129,14 +162,23 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
     }
     if (st == FM_OK)
         st = fm_device_copy(s.global, FM_DEVICE_CPU, fm_clip_trainable(s.model), run->device, P * sizeof(float));
-    if (st == FM_OK)
-        st = fm_strategy_create(&s.strategy, &o->strategy, P, s.blocks, s.nb, s.global);
+    if (st == FM_OK) {
+        fm_strategy_config rule = o->strategy;
+        rule.device = run->device; /* the server rule runs where the model does (kernels/aggregate.cu on cuda) */
+        st = fm_strategy_create(&s.strategy, &rule, P, s.blocks, s.nb, s.global);
+    }
     unsigned char rid[8];
     char run_id[17], config_text[200];
     randombytes_buf(rid, sizeof rid);
     sodium_bin2hex(run_id, sizeof run_id, rid, sizeof rid);
-    snprintf(config_text, sizeof config_text, "strategy=%s sites=%d per_round=%d rounds=%d local_steps=%lld",
-             fm_strategy_name(o->strategy.kind), s.N, o->sites_per_round, o->rounds, (long long)o->local_steps);
+    snprintf(config_text, sizeof config_text, "strategy=%s sites=%d per_round=%d tasked=%d rounds=%d local_steps=%lld",
+             fm_strategy_name(o->strategy.kind), s.N, o->sites_per_round, o->sites_per_round + o->over_select_sites,
+             o->rounds, (long long)o->local_steps);
+    const double park_bytes = no->park_memory_mb * 1024.0 * 1024.0;
+    /* pushes receiving at once hold a staging vector each: as many as net.park_memory_mb holds, at least 4 (so
+     * that a few stalled sites do not hold the others' pushes until net.call_timeout_s) */
+    const double stageable = park_bytes / ((double)(P ? P : 1) * sizeof(float));
+    const int max_pushes = stageable >= 1e6 ? 1000000 : stageable < 4 ? 4 : (int)stageable;
     if (st == FM_OK) {
         fm_fedsrv_config fc = {.run_id = run_id,
                                .rounds = o->rounds,
@@ -156,16 +198,30 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
                                .on_round = on_round,
                                .ctx = sc,
                                .round_timeout_s = no->round_timeout_s,
-                               .min_sites = no->min_sites};
+                               .min_sites = no->min_sites,
+                               .sites_tasked = o->sites_per_round + o->over_select_sites,
+                               .state_dir = o->out_dir,
+                               .park_budget_bytes = park_bytes >= 1e18 ? (size_t)1e18 : (size_t)park_bytes,
+                               .resume = resume};
         st = fm_fedsrv_create(&s.srv, &fc);
     }
+    if (st == FM_OK)
+        st = open_metrics(sc, s.srv);
+    if (st == FM_OK && resume)
+        FM_WARN("server: resuming run %s after round %d of %d (state in %s)", fm_fedsrv_run_id(s.srv),
+                fm_fedsrv_round(s.srv) - 1, o->rounds, o->out_dir);
     if (st == FM_OK) {
-        FM_INFO("server: run %s, %s, %d sites, %d per round, %d rounds, %zu trainable parameters", run_id,
-                run->model.name, s.N, o->sites_per_round, o->rounds, P);
+        FM_INFO("server: run %s, %s, %d sites, %d per round (%d tasked), %d rounds, %zu trainable parameters",
+                fm_fedsrv_run_id(s.srv), run->model.name, s.N, o->sites_per_round,
+                o->sites_per_round + o->over_select_sites, o->rounds, P);
         fm_net_server_options so = {.tls = tls,
                                     .listen = listen,
-                                    .call_timeout_s = 60,
-                                    .release_grace_s = 10,
+                                    .call_timeout_s = no->call_timeout_s,
+                                    .max_calls = no->max_calls,
+                                    .max_pushes = max_pushes,
+                                    .release_grace_s = no->release_grace_s,
+                                    .codec = &no->codec,
+                                    .traffic = &sc->traffic,
                                     .on_listen = on_listen,
                                     .ctx = NULL};
         st = fm_net_serve(s.srv, &so);
@@ -187,7 +243,7 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
         st = fm_clip_save(s.model, path);
     if (st == FM_OK)
         printf("server done: %d rounds in %.1f s, run %s, global model in %s\n", o->rounds, fm_now_seconds() - sc->t0,
-               run_id, o->out_dir);
+               fm_fedsrv_run_id(s.srv), o->out_dir);
     state_free(&s);
     return st;
 }
@@ -201,7 +257,7 @@ int fm_cli_server(int argc, char **argv)
         return 2;
     }
     fm_cli_args args;
-    int rc = fm_cli_parse(argc, argv, "config set out metrics device threads", &args);
+    int rc = fm_cli_parse(argc, argv, "config set out metrics device threads resume", &args);
     if (rc)
         return rc;
     if (args.help) {
@@ -244,15 +300,14 @@ int fm_cli_server(int argc, char **argv)
         snprintf(path, sizeof path, "%s/config.yaml", o.out_dir);
         s = fm_config_dump(run.cfg, path);
     }
-    if (s == FM_OK) {
-        if (o.metrics_path)
-            snprintf(path, sizeof path, "%s", o.metrics_path);
-        else
-            snprintf(path, sizeof path, "%s/metrics.jsonl", o.out_dir);
-        s = fm_metrics_open(&sc.log, path, 0);
-    }
+    char metrics_path[4200];
+    if (o.metrics_path)
+        snprintf(metrics_path, sizeof metrics_path, "%s", o.metrics_path);
+    else
+        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", o.out_dir);
+    sc.metrics_path = metrics_path;
     if (s == FM_OK)
-        s = serve(&run, &o, &no, listen, &tls, &sc);
+        s = serve(&run, &o, &no, listen, &tls, args.resume, &sc);
     rc = s == FM_OK ? 0 : fm_cli_fail("server", "run", s);
     fm_metrics_close(&sc.log);
     fm_cli_teardown(&run);

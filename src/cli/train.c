@@ -2,11 +2,13 @@
  * warm-up + cosine schedule, periodic evaluation, JSON-lines metrics, checkpoints and --resume. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "fedmm/dp.h"
 #include "fedmm/log.h"
 #include "fedmm/metrics.h"
 #include "fedmm/train.h"
@@ -27,6 +29,9 @@ typedef struct train_settings {
     int64_t eval_every, eval_size, checkpoint_every, log_every, stop_after;
     const char *out_dir;
     const char *metrics_path;
+    fm_dp_options dp;                      /* train.dp_*: data parallelism over processes (include/fedmm/dp.h) */
+    int use_dp;                            /* world > 1, or train.dp_world given (1: a one-rank NCCL group) */
+    char rank_out[4200], dp_id_file[4200]; /* a rank > 0 writes to OUT/rank-N; the default id file */
 } train_settings;
 
 static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_settings *t)
@@ -40,6 +45,7 @@ static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_sett
     FM_TRY(fm_config_int(c, "train.warmup_steps", o.warmup_steps, 0, INT64_C(1) << 40, &o.warmup_steps));
     FM_TRY(fm_config_int(c, "train.seed", (int64_t)run->seed, 0, INT64_MAX, &v));
     o.seed = (uint64_t)v;
+    FM_TRY(fm_cli_read_precision(run));
     t->opt = o;
     FM_TRY(fm_config_int(c, "train.eval_every", 0, 0, INT64_C(1) << 40, &t->eval_every));
     FM_TRY(fm_config_int(c, "train.eval_size", 500, 2, INT64_C(1) << 40, &t->eval_size));
@@ -53,10 +59,38 @@ static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_sett
     FM_TRY(fm_config_str(c, "metrics", NULL, &metrics));
     t->out_dir = args->out_dir ? args->out_dir : out;
     t->metrics_path = args->metrics_path ? args->metrics_path : metrics;
+    /* data parallelism (docs/cuda.md): WORLD_SIZE / RANK from the environment, the train.dp_* keys over them */
+    fm_dp_options dp = fm_dp_default_options();
+    FM_TRY(fm_dp_options_from_env(&dp));
+    FM_TRY(fm_config_int(c, "train.dp_world", dp.world, 1, 65536, &v));
+    dp.world = (int)v;
+    FM_TRY(fm_config_int(c, "train.dp_rank", dp.rank, 0, 65535, &v));
+    dp.rank = (int)v;
+    FM_TRY(fm_config_float(c, "train.dp_timeout_s", dp.timeout_s, 1e-3, 1e6, &dp.timeout_s));
+    snprintf(t->dp_id_file, sizeof t->dp_id_file, "%s/dp-nccl-id", t->out_dir);
+    FM_TRY(fm_config_str(c, "train.dp_id_file", t->dp_id_file, &dp.id_file));
+    FM_TRY(fm_dp_options_validate(&dp));
+    t->dp = dp;
+    t->use_dp = dp.world > 1 || fm_config_has(c, "train.dp_world");
+    if (dp.rank > 0) { /* rank 0 owns OUT; the others write their own copies beside it */
+        snprintf(t->rank_out, sizeof t->rank_out, "%s/rank-%d", t->out_dir, dp.rank);
+        t->out_dir = t->rank_out;
+        t->metrics_path = NULL;
+    }
     if (!run->train_file && t->eval_size > run->synth.split_size[FM_SPLIT_TEST])
         return fm_error(FM_ERR_CONFIG, "train.eval_size %lld exceeds data.test_size %lld", (long long)t->eval_size,
                         (long long)run->synth.split_size[FM_SPLIT_TEST]);
     return FM_OK;
+}
+
+/* This rank's batch of the step: the ranks of a data-parallel group draw `world` consecutive batches from the same
+ * sequence and each keeps its own, so that together they train on one global batch of world × B distinct pairs
+ * (skip: B scratch entries for the others' draws). One process: the next batch. */
+static void next_batch(fm_sampler *s, int64_t *idx, int B, const fm_dp *dp, int64_t *skip)
+{
+    const int world = fm_dp_world(dp), rank = fm_dp_rank(dp);
+    for (int r = 0; r < world; r++)
+        fm_sampler_next(s, r == rank ? idx : skip, B);
 }
 
 static fm_status log_eval(fm_metrics_log *log, int64_t step, const fm_eval_result *r, double wall)
@@ -131,12 +165,24 @@ int fm_cli_train(int argc, char **argv)
     fm_sampler sampler = {0};
     fm_batch batch = {0};
     fm_metrics_log log = {0};
+    fm_dp *dp = NULL;
+    int64_t *skip = NULL;
     char path[4096], ckpt[4096];
     const char *what = "set-up";
     const fm_train_options *o = &ts.opt;
     double t0 = fm_now_seconds();
 
     s = fm_cli_mkdirs(ts.out_dir);
+    if (s == FM_OK && ts.use_dp) { /* data parallelism: join the group first (include/fedmm/dp.h) */
+        s = fm_dp_create(&dp, &ts.dp, run.device);
+        ts.opt.dp = dp;
+        skip = s == FM_OK ? calloc((size_t)o->batch_size, sizeof *skip) : NULL;
+        if (s == FM_OK && !skip)
+            s = fm_error(FM_ERR_NO_MEMORY, "train: out of memory");
+        if (s == FM_OK)
+            FM_INFO("train: data-parallel rank %d of %d, global batch %d", fm_dp_rank(dp), fm_dp_world(dp),
+                    fm_dp_world(dp) * o->batch_size);
+    }
     if (s == FM_OK)
         s = fm_clip_create(&model, &run.model, run.device, run.seed);
     if (s == FM_OK)
@@ -159,12 +205,15 @@ int fm_cli_train(int argc, char **argv)
             s = fm_clip_set_dropout_step(model, (uint64_t)fm_optimizer_step_count(opt));
         /* The data order is a function of the seed: replay the draws of the finished steps. */
         for (int64_t i = 0; s == FM_OK && i < fm_optimizer_step_count(opt); i++)
-            fm_sampler_next(&sampler, batch.idx, o->batch_size);
+            next_batch(&sampler, batch.idx, o->batch_size, dp, skip);
         if (s == FM_OK)
             FM_INFO("resuming from %s at step %lld", ckpt, (long long)fm_optimizer_step_count(opt));
     } else if (s == FM_OK && args.resume) {
         FM_INFO("--resume: no checkpoint at %s, starting from step 0", ckpt);
     }
+    /* every rank starts from rank 0's parameters (the same seed gives the same ones; this makes sure) */
+    if (s == FM_OK && dp)
+        s = fm_dp_broadcast(dp, fm_clip_trainable(model), fm_clip_num_trainable(model));
     if (s == FM_OK) {
         what = "metrics";
         if (!ts.metrics_path) {
@@ -182,12 +231,13 @@ int fm_cli_train(int argc, char **argv)
         rc = fm_cli_fail("train", what, s);
         goto done;
     }
-    FM_INFO("train: %s, %zu trainable parameters%s, %lld steps of batch %d on %s, out %s", run.model.name,
+    FM_INFO("train: %s, %zu trainable parameters%s, %lld steps of batch %d on %s (%s), out %s", run.model.name,
             fm_clip_num_trainable(model),
             run.model.full_finetune ? " (full fine-tuning)"
             : run.model.lora_rank   ? " (LoRA)"
                                     : "",
-            (long long)o->steps, o->batch_size, fm_device_name(run.device), ts.out_dir);
+            (long long)o->steps, o->batch_size, fm_device_name(run.device), fm_precision_name(run.model.precision),
+            ts.out_dir);
 
     fm_progress bar;
     int64_t step = fm_optimizer_step_count(opt);
@@ -203,7 +253,7 @@ int fm_cli_train(int argc, char **argv)
             break;
         }
         what = "train step";
-        fm_sampler_next(&sampler, batch.idx, o->batch_size);
+        next_batch(&sampler, batch.idx, o->batch_size, dp, skip);
         s = fm_dataset_batch(train, batch.idx, o->batch_size, batch.images, batch.tokens, batch.eot, batch.labels);
         float loss = 0.0f, gnorm = 0.0f;
         double lr = fm_lr_at(o, step);
@@ -278,6 +328,8 @@ done:
     fm_dataset_destroy(test);
     fm_optimizer_destroy(opt);
     fm_clip_destroy(model);
+    fm_dp_destroy(dp);
+    free(skip);
     fm_cli_teardown(&run);
     return rc;
 }

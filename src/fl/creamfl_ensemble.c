@@ -90,6 +90,45 @@ fm_status fm_creamfl_ensemble_scores(const float *const *reps, int K, const floa
     return FM_OK;
 }
 
+fm_status fm_creamfl_fuse(const float *const *reps, int K, size_t n, size_t d, float *scores, float *agg)
+{
+    if (!reps || !agg)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl fuse: NULL representations or output");
+    if (K < 1)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl fuse: %d sites (need at least 1)", K);
+    for (int k = 0; k < K; k++)
+        if (!reps[k])
+            return fm_error(FM_ERR_INVALID_ARG, "creamfl fuse: representations of site %d are NULL", k);
+    if (n < 1 || d < 1)
+        return fm_error(FM_ERR_SHAPE, "creamfl fuse: empty representations (|P| = %zu, d = %zu)", n, d);
+    float *w = scores;
+    if (w) {
+        /* softmax over the sites, per sample, in place */
+        for (size_t p = 0; p < n; p++) {
+            double mx = -INFINITY, sum = 0.0;
+            for (int k = 0; k < K; k++)
+                mx = w[(size_t)k * n + p] > mx ? w[(size_t)k * n + p] : mx;
+            for (int k = 0; k < K; k++)
+                sum += exp(w[(size_t)k * n + p] - mx);
+            for (int k = 0; k < K; k++)
+                w[(size_t)k * n + p] = (float)(exp(w[(size_t)k * n + p] - mx) / sum);
+        }
+    }
+    const float mean = 1.0f / (float)K;
+#pragma omp parallel for schedule(static) if (n * d > 65536)
+    for (size_t p = 0; p < n; p++) {
+        float *out = agg + p * d;
+        for (size_t e = 0; e < d; e++)
+            out[e] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float wk = w ? w[(size_t)k * n + p] : mean, *r = reps[k] + p * d;
+            for (size_t e = 0; e < d; e++)
+                out[e] += wk * r[e];
+        }
+    }
+    return FM_OK;
+}
+
 fm_status fm_creamfl_ensemble(const float *const *reps, int K, const float *global, size_t n, size_t d,
                               fm_creamfl_tiles tiles, int plain_mean, float *agg, float *weights)
 {
@@ -104,33 +143,11 @@ fm_status fm_creamfl_ensemble(const float *const *reps, int K, const float *glob
     if (plain_mean) {
         for (size_t i = 0; i < (size_t)K * n; i++)
             w[i] = 1.0f / (float)K;
+        st = fm_creamfl_fuse(reps, K, n, d, NULL, agg);
     } else {
         st = fm_creamfl_ensemble_scores(reps, K, global, n, d, tiles, w);
-        if (st == FM_OK) {
-            /* softmax over the sites, per sample, in place */
-            for (size_t p = 0; p < n; p++) {
-                double mx = -INFINITY, sum = 0.0;
-                for (int k = 0; k < K; k++)
-                    mx = w[(size_t)k * n + p] > mx ? w[(size_t)k * n + p] : mx;
-                for (int k = 0; k < K; k++)
-                    sum += exp(w[(size_t)k * n + p] - mx);
-                for (int k = 0; k < K; k++)
-                    w[(size_t)k * n + p] = (float)(exp(w[(size_t)k * n + p] - mx) / sum);
-            }
-        }
-    }
-    if (st == FM_OK) {
-#pragma omp parallel for schedule(static) if (n * d > 65536)
-        for (size_t p = 0; p < n; p++) {
-            float *out = agg + p * d;
-            for (size_t e = 0; e < d; e++)
-                out[e] = 0.0f;
-            for (int k = 0; k < K; k++) {
-                const float wk = w[(size_t)k * n + p], *r = reps[k] + p * d;
-                for (size_t e = 0; e < d; e++)
-                    out[e] += wk * r[e];
-            }
-        }
+        if (st == FM_OK)
+            st = fm_creamfl_fuse(reps, K, n, d, w, agg);
     }
     if (!weights)
         free(w);

@@ -51,6 +51,7 @@ typedef struct sim {
     fm_site_trainer *trainer; /* the same local training as `fedmm client` */
     fm_strategy *strategy;
     float *global, *local, *delta, *params_host, *grad_host;
+    float *pulled;      /* the global vector as the sites receive it through a lossy net.encoding (else NULL) */
     float *site_state;  /* SCAFFOLD: N control variates ck; local-only: N site vectors */
     float *ci_new, *dc; /* SCAFFOLD scratch */
     uint8_t *trained;   /* (nb) */
@@ -101,6 +102,9 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
         return fm_error(FM_ERR_CONFIG, "sim: rounds, local_steps must be >= 1 and batch_size >= 2");
     if (o->sites_per_round < 1 || o->sites_per_round > s->N)
         return fm_error(FM_ERR_CONFIG, "sim: sites_per_round %d outside [1, %d sites]", o->sites_per_round, s->N);
+    if (o->over_select_sites < 0 || o->over_select_sites > s->N - o->sites_per_round)
+        return fm_error(FM_ERR_CONFIG, "sim: %d over-selected sites with %d of %d sites per round",
+                        o->over_select_sites, o->sites_per_round, s->N);
     FM_TRY(fm_scenario_validate(&o->scenario));
     FM_TRY(build_blocks(s));
     FM_TRY(fm_federation_split(&o->scenario, synth, &s->sites));
@@ -110,7 +114,14 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
     s->global = xcalloc(s->P, sizeof(float), &st);
     s->local = xcalloc(s->P, sizeof(float), &st);
     s->delta = xcalloc(s->P, sizeof(float), &st);
+    if (o->wire.encoding != FM_WIRE_F32 && !o->local_only)
+        s->pulled = xcalloc(s->P, sizeof(float), &st);
     FM_TRY(st);
+    FM_TRY(fm_wire_codec_check(&o->wire));
+    if ((o->wire.encoding != FM_WIRE_F32 || o->wire.compression != FM_WIRE_RAW) &&
+        o->strategy.kind == FM_STRATEGY_SCAFFOLD)
+        return fm_error(FM_ERR_UNSUPPORTED, "sim: net.encoding / net.compress with SCAFFOLD (sim-only: its control "
+                                            "variates have no wire encoding)");
     FM_TRY(from_model(s, s->global));
     if (o->strategy.kind == FM_STRATEGY_SCAFFOLD || o->local_only) {
         s->site_state = xcalloc((size_t)s->N * s->P, sizeof(float), &st);
@@ -124,10 +135,8 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
         s->dc = xcalloc(s->P, sizeof(float), &st);
         FM_TRY(st);
     }
-    if (s->device != FM_DEVICE_CPU && o->strategy.kind != FM_STRATEGY_FEDAVG && !o->local_only)
-        return fm_error(FM_ERR_UNSUPPORTED, "sim: site-side corrections (%s) run on the CPU only so far",
-                        fm_strategy_name(o->strategy.kind));
     fm_strategy_config sc = o->strategy;
+    sc.device = s->device; /* the server rule runs where the model does (kernels/aggregate.cu on cuda) */
     if (sc.kind == FM_STRATEGY_SCAFFOLD && sc.scaffold_num_sites == 0)
         sc.scaffold_num_sites = s->N;
     return fm_strategy_create(&s->strategy, &sc, s->P, s->blocks, s->nb, s->global);
@@ -145,6 +154,7 @@ static void sim_free(sim *s)
     free(s->global);
     free(s->local);
     free(s->delta);
+    free(s->pulled);
     free(s->site_state);
     free(s->ci_new);
     free(s->dc);
@@ -338,17 +348,28 @@ static fm_status run_round(sim *s, int round, double *train_loss)
         for (int i = 0; i < m; i++)
             chosen[i] = i;
     } else {
-        FM_TRY(fm_round_sites(o->seed, round, s->N, m, chosen));
+        /* over-selection: the draw tasks m + extra sites; the first m in site order are the round's */
+        FM_TRY(fm_round_sites(o->seed, round, s->N, m + o->over_select_sites, chosen));
     }
     if (!local_only)
         FM_TRY(fm_strategy_begin_round(s->strategy, round));
     double loss_sum = 0.0;
     const int scaffold = o->strategy.kind == FM_STRATEGY_SCAFFOLD && !local_only;
+    /* what every site pulls: the global vector through the network's encoding, and its payload bytes */
+    float *pulled = s->pulled ? s->pulled : s->global; /* float32: the global itself, unchanged */
+    double down = 0.0;
+    if (!local_only) {
+        fm_status st = fm_wire_transmit(&o->wire, s->global, pulled, s->blocks, s->nb, NULL, 0, &down);
+        if (st != FM_OK) {
+            fm_strategy_abort_round(s->strategy);
+            return st;
+        }
+    }
     for (int i = 0; i < m; i++) {
         int k = chosen[i];
         const fm_site_data *site = &s->sites[k];
         double loss = 0.0;
-        const float *start = local_only ? s->site_state + (size_t)k * s->P : s->global;
+        const float *start = local_only ? s->site_state + (size_t)k * s->P : pulled;
         fm_status st = train_site(s, k, round, start, &loss);
         if (st != FM_OK) {
             if (!local_only)
@@ -360,12 +381,18 @@ static fm_status run_round(sim *s, int round, double *train_loss)
             memcpy(s->site_state + (size_t)k * s->P, s->local, s->P * sizeof(float));
             continue;
         }
-        size_t up = 0;
-        fm_site_trained_blocks(s->model, site->modality, s->trained, &up);
+        fm_site_trained_blocks(s->model, site->modality, s->trained, NULL);
         /* an attacker (robustness experiments) sends its honest update sign-flipped and scaled */
         const float factor = k < o->malicious_sites ? (float)-o->attack_scale : 1.0f;
         for (size_t j = 0; j < s->P; j++)
-            s->delta[j] = factor * (s->local[j] - s->global[j]);
+            s->delta[j] = factor * (s->local[j] - pulled[j]);
+        /* the update as the server receives it (net.encoding), and its payload bytes */
+        double up_bytes = 0.0;
+        fm_status stw = fm_wire_transmit(&o->wire, s->delta, s->delta, s->blocks, s->nb, s->trained, 0, &up_bytes);
+        if (stw != FM_OK) {
+            fm_strategy_abort_round(s->strategy);
+            return stw;
+        }
         if (scaffold) {
             float *ck = s->site_state + (size_t)k * s->P;
             FM_TRY(fm_scaffold_site_update(ck, fm_strategy_control(s->strategy), s->global, s->local, o->local_steps,
@@ -393,9 +420,9 @@ static fm_status run_round(sim *s, int round, double *train_loss)
         }
         if (scaffold) /* the site keeps its new control variate only once the server took its update */
             memcpy(s->site_state + (size_t)k * s->P, s->ci_new, s->P * sizeof(float));
-        /* down: the global vector (and c); up: the trained blocks of the delta (and of Δc) */
-        s->bytes_down += (double)s->P * sizeof(float) * (scaffold ? 2 : 1);
-        s->bytes_up += (double)up * sizeof(float) * (scaffold ? 2 : 1);
+        /* down: the global vector (and c); up: the trained blocks of the delta (and of Δc), as encoded */
+        s->bytes_down += down * (scaffold ? 2 : 1);
+        s->bytes_up += up_bytes * (scaffold ? 2 : 1);
     }
     if (!local_only)
         FM_TRY(fm_strategy_finish_round(s->strategy, s->global));

@@ -155,8 +155,12 @@ fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_l
                                           task->c_global, task->c_local));
     const int corrected = corr.anchor || corr.c_global;
     if (corrected && t->device != FM_DEVICE_CPU) {
-        fm_site_correction_free(&corr);
-        return fm_error(FM_ERR_UNSUPPORTED, "site %d: site-side corrections run on the CPU only so far", k);
+        /* the model's vectors live on its device: the correction's go there too (kernels/aggregate.cu) */
+        fm_status ds = fm_site_correction_to_device(&corr, t->device, t->P);
+        if (ds != FM_OK) {
+            fm_site_correction_free(&corr);
+            return ds;
+        }
     }
     fm_sampler smp;
     fm_status st = fm_sampler_init(&smp, NULL, site->n, mix(mix(task->seed, (uint64_t)round), (uint64_t)k));
@@ -185,8 +189,8 @@ fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_l
         if (st == FM_OK && !isfinite(loss))
             st = fm_error(FM_ERR_NOT_FINITE, "site %d round %d step %lld: loss is %f", k, round, (long long)step,
                           (double)loss);
-        if (st == FM_OK && corrected) /* CPU only (checked above): the vectors are host memory */
-            fm_site_correct_grad(fm_clip_trainable_grad(t->model), fm_clip_trainable(t->model), &corr, t->P);
+        if (st == FM_OK && corrected) /* on the model's device: corr was moved there above */
+            st = fm_site_correct_grad(fm_clip_trainable_grad(t->model), fm_clip_trainable(t->model), &corr, t->P);
         if (st == FM_OK)
             st = fm_optimizer_apply(t->model, t->opt, task->opt, task->opt->lr, NULL);
         loss_sum += loss;

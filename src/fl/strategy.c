@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fedmm/device.h"
 #include "fedmm/safetensors.h"
 #include "fl/strategy_internal.h"
 
@@ -118,35 +119,15 @@ fm_status fm_strategy_config_validate(const fm_strategy_config *c)
         return fm_error(FM_ERR_CONFIG, "strategy %s: clip_norm %g must be >= 0 (0 = off)", k, c->clip_norm);
     if (c->scaffold_num_sites < 0)
         return fm_error(FM_ERR_CONFIG, "strategy %s: scaffold_num_sites %d must be >= 0", k, c->scaffold_num_sites);
+    if (c->device != FM_DEVICE_CPU && c->device != FM_DEVICE_CUDA)
+        return fm_error(FM_ERR_CONFIG, "strategy %s: device %d is neither cpu nor cuda", k, (int)c->device);
+    if (c->device == FM_DEVICE_CUDA && !fm_build_has_cuda())
+        return fm_error(FM_ERR_CONFIG, "strategy %s: device cuda, but this fedmm was built without the CUDA backend",
+                        k);
     return FM_OK;
 }
 
 /* ---- the strategy object ------------------------------------------------------------------------ */
-
-struct fm_strategy {
-    fm_strategy_config cfg;
-    size_t n;  /* parameters */
-    size_t nb; /* blocks */
-    fm_strategy_block *blocks;
-    float *global;
-    float *m;    /* FedAvgM momentum; FedOpt first moment */
-    float *v;    /* FedOpt second moment */
-    float *c;    /* SCAFFOLD server control variate */
-    float *step; /* the round's aggregated Δ, computed in finish */
-    int64_t round;
-    int open;
-    int64_t open_round;
-    size_t n_updates;
-    /* FedAvg family: Σ nk·Δk (SCAFFOLD: Σ Δyk) per coordinate and Σ nk (SCAFFOLD: count) per block */
-    float *acc;
-    float *acc_c; /* SCAFFOLD: Σ Δck */
-    double *block_w;
-    size_t *block_n;
-    /* robust rules: a copy of each (clipped) delta, zeros in untrained blocks, and its mask */
-    float **kept;
-    uint8_t **kept_mask;
-    size_t kept_cap;
-};
 
 static void *xcalloc(size_t count, size_t size, int *failed)
 {
@@ -160,6 +141,8 @@ void fm_strategy_destroy(fm_strategy *st)
 {
     if (!st)
         return;
+    if (st->dev)
+        fm_strategy_dev_destroy(st);
     if (st->blocks)
         for (size_t b = 0; b < st->nb; b++)
             free((char *)st->blocks[b].name);
@@ -236,19 +219,23 @@ fm_status fm_strategy_create(fm_strategy **out, const fm_strategy_config *config
         }
     }
     fm_strategy_kind kind = config->kind;
+    /* On the GPU the host keeps only the copies the API hands out (global, and SCAFFOLD's c). */
+    const int on_host = config->device == FM_DEVICE_CPU;
     st->global = xcalloc(n_params, sizeof(float), &failed);
-    st->step = xcalloc(n_params, sizeof(float), &failed);
+    if (on_host)
+        st->step = xcalloc(n_params, sizeof(float), &failed);
     st->block_w = xcalloc(st->nb, sizeof(double), &failed);
     st->block_n = xcalloc(st->nb, sizeof(size_t), &failed);
-    if (!fm_strategy_is_robust(kind))
+    if (on_host && !fm_strategy_is_robust(kind))
         st->acc = xcalloc(n_params, sizeof(float), &failed);
-    if (kind == FM_STRATEGY_FEDAVGM || is_fedopt(kind))
+    if (on_host && (kind == FM_STRATEGY_FEDAVGM || is_fedopt(kind)))
         st->m = xcalloc(n_params, sizeof(float), &failed);
-    if (is_fedopt(kind))
+    if (on_host && is_fedopt(kind))
         st->v = xcalloc(n_params, sizeof(float), &failed);
     if (kind == FM_STRATEGY_SCAFFOLD) {
         st->c = xcalloc(n_params, sizeof(float), &failed);
-        st->acc_c = xcalloc(n_params, sizeof(float), &failed);
+        if (on_host)
+            st->acc_c = xcalloc(n_params, sizeof(float), &failed);
     }
     if (failed) {
         fm_strategy_destroy(st);
@@ -261,6 +248,13 @@ fm_status fm_strategy_create(fm_strategy **out, const fm_strategy_config *config
         float t2 = (float)(config->tau * config->tau);
         for (size_t i = 0; i < n_params; i++)
             st->v[i] = t2;
+    }
+    if (!on_host) {
+        fm_status ds = fm_strategy_dev_create(st, initial_global);
+        if (ds != FM_OK) {
+            fm_strategy_destroy(st);
+            return ds;
+        }
     }
     *out = st;
     return FM_OK;
@@ -307,6 +301,8 @@ fm_status fm_strategy_begin_round(fm_strategy *st, int64_t round)
         return fm_error(FM_ERR_STATE, "strategy: round %lld is not after the last finished round %lld",
                         (long long)round, (long long)st->round);
     clear_round(st);
+    if (st->dev)
+        FM_TRY(fm_strategy_dev_begin_round(st));
     st->open = 1;
     st->open_round = round;
     return FM_OK;
@@ -350,6 +346,8 @@ fm_status fm_strategy_add_update(fm_strategy *st, const fm_site_update *u)
         n_trained += trained(u, b) ? 1 : 0;
     if (n_trained == 0)
         return fm_error(FM_ERR_INVALID_ARG, "strategy %s: update trained no block", kn);
+    if (st->dev)
+        return fm_strategy_dev_add_update(st, u);
 
     /* One pass over the trained blocks: finiteness (nothing is accumulated before it holds) and the norm. */
     double norm2 = 0.0;
@@ -533,20 +531,10 @@ done:
     return status;
 }
 
-fm_status fm_strategy_finish_round(fm_strategy *st, float *global_out)
+/* Steps 1 and 2 of fm_strategy_finish_round on the CPU. */
+static fm_status host_finish_round(fm_strategy *st)
 {
-    if (!st)
-        return fm_error(FM_ERR_INVALID_ARG, "fm_strategy_finish_round: NULL strategy");
     const fm_strategy_config *cfg = &st->cfg;
-    const char *kn = fm_strategy_name(cfg->kind);
-    if (!st->open)
-        return fm_error(FM_ERR_STATE, "strategy %s: finish_round with no open round", kn);
-    if (st->n_updates == 0)
-        return fm_error(FM_ERR_STATE,
-                        "strategy %s: round %lld has no accepted update; the global vector is kept "
-                        "(add updates or abort the round)",
-                        kn, (long long)st->open_round);
-
     /* 1. The aggregated step Δ into st->step (nothing else changes until it is complete). */
     if (fm_strategy_is_robust(cfg->kind)) {
         FM_TRY(robust_step(st));
@@ -627,6 +615,27 @@ fm_status fm_strategy_finish_round(fm_strategy *st, float *global_out)
             break;
         }
     }
+    return FM_OK;
+}
+
+fm_status fm_strategy_finish_round(fm_strategy *st, float *global_out)
+{
+    if (!st)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_strategy_finish_round: NULL strategy");
+    const fm_strategy_config *cfg = &st->cfg;
+    const char *kn = fm_strategy_name(cfg->kind);
+    if (!st->open)
+        return fm_error(FM_ERR_STATE, "strategy %s: finish_round with no open round", kn);
+    if (st->n_updates == 0)
+        return fm_error(FM_ERR_STATE,
+                        "strategy %s: round %lld has no accepted update; the global vector is kept "
+                        "(add updates or abort the round)",
+                        kn, (long long)st->open_round);
+
+    if (st->dev)
+        FM_TRY(fm_strategy_dev_finish_round(st));
+    else
+        FM_TRY(host_finish_round(st));
     st->round = st->open_round;
     st->open = 0;
     clear_round(st);
@@ -642,6 +651,8 @@ fm_status fm_strategy_set_global(fm_strategy *st, const float *global)
     if (st->open)
         return fm_error(FM_ERR_STATE, "fm_strategy_set_global: round %lld is open", (long long)st->open_round);
     FM_TRY(check_finite(global, st->n, "fm_strategy_set_global"));
+    if (st->dev)
+        return fm_strategy_dev_upload(st, global, NULL, NULL, NULL);
     memcpy(st->global, global, st->n * sizeof(float));
     return FM_OK;
 }
@@ -662,12 +673,22 @@ fm_status fm_strategy_save(const fm_strategy *st, const char *path)
     if (st->open)
         return fm_error(FM_ERR_STATE, "fm_strategy_save: round %lld is open; save between rounds",
                         (long long)st->open_round);
+    /* On the GPU the moments live in device memory: host copies for the file (global and c have theirs). */
+    float *dev_m = NULL, *dev_v = NULL;
+    if (st->dev)
+        FM_TRY(fm_strategy_dev_download_moments(st, &dev_m, &dev_v));
+    const float *mom = st->dev ? dev_m : st->m, *sec = st->dev ? dev_v : st->v;
     fm_st_writer *w = NULL;
-    FM_TRY(fm_st_writer_create(&w));
+    fm_status s = fm_st_writer_create(&w);
+    if (s != FM_OK) {
+        free(dev_m);
+        free(dev_v);
+        return s;
+    }
     const fm_strategy_config *c = &st->cfg;
     int64_t shape[1] = {(int64_t)st->n};
     char buf[64];
-    fm_status s = fm_st_writer_set_metadata(w, "format", STRAT_FORMAT);
+    s = fm_st_writer_set_metadata(w, "format", STRAT_FORMAT);
     if (s == FM_OK)
         s = fm_st_writer_set_metadata(w, "version", STRAT_VERSION);
     if (s == FM_OK)
@@ -707,17 +728,19 @@ fm_status fm_strategy_save(const fm_strategy *st, const char *path)
     if (s == FM_OK)
         s = fm_st_writer_add_f32(w, "global", FM_ST_F32, 1, shape, st->global);
     if (s == FM_OK && c->kind == FM_STRATEGY_FEDAVGM)
-        s = fm_st_writer_add_f32(w, "momentum", FM_ST_F32, 1, shape, st->m);
+        s = fm_st_writer_add_f32(w, "momentum", FM_ST_F32, 1, shape, mom);
     if (s == FM_OK && is_fedopt(c->kind)) {
-        s = fm_st_writer_add_f32(w, "m", FM_ST_F32, 1, shape, st->m);
+        s = fm_st_writer_add_f32(w, "m", FM_ST_F32, 1, shape, mom);
         if (s == FM_OK)
-            s = fm_st_writer_add_f32(w, "v", FM_ST_F32, 1, shape, st->v);
+            s = fm_st_writer_add_f32(w, "v", FM_ST_F32, 1, shape, sec);
     }
     if (s == FM_OK && c->kind == FM_STRATEGY_SCAFFOLD)
         s = fm_st_writer_add_f32(w, "control", FM_ST_F32, 1, shape, st->c);
     if (s == FM_OK)
         s = fm_st_write(w, path);
     fm_st_writer_free(w);
+    free(dev_m);
+    free(dev_v);
     return s;
 }
 
@@ -775,11 +798,11 @@ fm_status fm_strategy_load(fm_strategy *st, const char *path)
     }
     int failed = 0;
     g = xcalloc(st->n, sizeof(float), &failed);
-    if (st->m)
+    if (kind == FM_STRATEGY_FEDAVGM || is_fedopt(kind))
         m = xcalloc(st->n, sizeof(float), &failed);
-    if (st->v)
+    if (is_fedopt(kind))
         v = xcalloc(st->n, sizeof(float), &failed);
-    if (st->c)
+    if (kind == FM_STRATEGY_SCAFFOLD)
         c = xcalloc(st->n, sizeof(float), &failed);
     if (failed) {
         s = fm_error(FM_ERR_NO_MEMORY, "%s: no memory to load %zu parameters", path, st->n);
@@ -809,6 +832,12 @@ fm_status fm_strategy_load(fm_strategy *st, const char *path)
     }
     if (s != FM_OK)
         goto done;
+    if (st->dev) {
+        s = fm_strategy_dev_upload(st, g, m, v, c);
+        if (s == FM_OK)
+            st->round = round;
+        goto done;
+    }
     memcpy(st->global, g, st->n * sizeof(float));
     if (m)
         memcpy(st->m, m, st->n * sizeof(float));

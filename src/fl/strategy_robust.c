@@ -1,5 +1,6 @@
-/* Byzantine-robust aggregation over plain float arrays: coordinate-wise median and trimmed mean (Yin et al.
- * 2018) and Krum / multi-Krum (Blanchard et al. 2017). Each takes K updates of n floats and writes one. */
+/* Aggregation over plain float arrays: the weighted sum of the FedAvg family, and the Byzantine-robust rules,
+ * coordinate-wise median and trimmed mean (Yin et al. 2018) and Krum / multi-Krum (Blanchard et al. 2017). Each
+ * takes K updates of n floats and writes one. These are the CPU references of kernels/aggregate.cu. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -90,6 +91,23 @@ fm_status fm_agg_trimmed_mean(float *out, const float *const *updates, size_t k,
     return sorted_column_mean(out, updates, k, n, t, k - t);
 }
 
+fm_status fm_agg_weighted_sum(float *out, const float *const *updates, const float *w, size_t k, size_t n)
+{
+    if (!out || !updates || !w || k == 0)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_agg_weighted_sum: NULL argument or no updates (k = %zu)", k);
+    for (size_t q = 0; q < k; q++)
+        if (!updates[q])
+            return fm_error(FM_ERR_INVALID_ARG, "fm_agg_weighted_sum: update %zu is NULL", q);
+#pragma omp parallel for schedule(static) if (n >= ROBUST_OMP_MIN)
+    for (size_t j = 0; j < n; j++) {
+        float acc = 0.0f;
+        for (size_t q = 0; q < k; q++)
+            acc += w[q] * updates[q][j];
+        out[j] = acc;
+    }
+    return FM_OK;
+}
+
 typedef struct krum_rank {
     double score;
     size_t index;
@@ -109,6 +127,42 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+fm_status fm_krum_order(const double *dist, size_t k, int f, size_t *order)
+{
+    if (!dist || !order)
+        return fm_error(FM_ERR_INVALID_ARG, "krum: NULL argument");
+    if (f < 0 || k < 2 * (size_t)f + 3)
+        return fm_error(FM_ERR_INVALID_ARG, "krum: %zu updates with f = %d Byzantine; Krum needs at least 2f+3 = %d", k,
+                        f, 2 * f + 3);
+    double *row = malloc(k * sizeof(double));
+    krum_rank *rank = malloc(k * sizeof(krum_rank));
+    if (!row || !rank) {
+        free(row);
+        free(rank);
+        return fm_error(FM_ERR_NO_MEMORY, "krum: no memory for %zu scores", k);
+    }
+    /* score(i) = Σ of the k − f − 2 smallest distances from i to the others */
+    size_t nclose = k - (size_t)f - 2;
+    for (size_t i = 0; i < k; i++) {
+        size_t c = 0;
+        for (size_t j = 0; j < k; j++)
+            if (j != i)
+                row[c++] = dist[i * k + j];
+        qsort(row, c, sizeof(double), cmp_double);
+        double s = 0.0;
+        for (size_t t = 0; t < nclose; t++)
+            s += row[t];
+        rank[i].score = s;
+        rank[i].index = i;
+    }
+    qsort(rank, k, sizeof(krum_rank), cmp_rank);
+    for (size_t i = 0; i < k; i++)
+        order[i] = rank[i].index;
+    free(row);
+    free(rank);
+    return FM_OK;
+}
+
 fm_status fm_krum_ranges(float *out, const float *const *u, size_t k, const size_t *offs, const size_t *lens, size_t nr,
                          int f, int m, size_t *selected)
 {
@@ -121,12 +175,10 @@ fm_status fm_krum_ranges(float *out, const float *const *u, size_t k, const size
         return fm_error(FM_ERR_INVALID_ARG, "krum: m = %d selected updates is outside [1, %zu]", m, k);
 
     double *dist = calloc(k * k, sizeof(double));
-    double *row = malloc(k * sizeof(double));
-    krum_rank *rank = malloc(k * sizeof(krum_rank));
-    if (!dist || !row || !rank) {
+    size_t *order = malloc(k * sizeof(size_t));
+    if (!dist || !order) {
         free(dist);
-        free(row);
-        free(rank);
+        free(order);
         return fm_error(FM_ERR_NO_MEMORY, "krum: no memory for %zu×%zu distances", k, k);
     }
     /* Pairwise squared distances, summed over the ranges; one pair per iteration keeps it race-free. */
@@ -150,24 +202,15 @@ fm_status fm_krum_ranges(float *out, const float *const *u, size_t k, const size
         dist[i * k + j] = d;
         dist[j * k + i] = d;
     }
-    /* score(i) = Σ of the k − f − 2 smallest distances from i to the others */
-    size_t nclose = k - (size_t)f - 2;
-    for (size_t i = 0; i < k; i++) {
-        size_t c = 0;
-        for (size_t j = 0; j < k; j++)
-            if (j != i)
-                row[c++] = dist[i * k + j];
-        qsort(row, c, sizeof(double), cmp_double);
-        double s = 0.0;
-        for (size_t t = 0; t < nclose; t++)
-            s += row[t];
-        rank[i].score = s;
-        rank[i].index = i;
+    fm_status st = fm_krum_order(dist, k, f, order);
+    if (st != FM_OK) {
+        free(dist);
+        free(order);
+        return st;
     }
-    qsort(rank, k, sizeof(krum_rank), cmp_rank);
     if (selected)
         for (int s = 0; s < m; s++)
-            selected[s] = rank[s].index;
+            selected[s] = order[s];
     for (size_t r = 0; r < nr; r++) {
         float *o = out + offs[r];
         size_t len = lens[r];
@@ -175,13 +218,12 @@ fm_status fm_krum_ranges(float *out, const float *const *u, size_t k, const size
         for (size_t e = 0; e < len; e++) {
             double s = 0.0;
             for (int q = 0; q < m; q++)
-                s += u[rank[q].index][offs[r] + e];
+                s += u[order[q]][offs[r] + e];
             o[e] = (float)(s / (double)m);
         }
     }
     free(dist);
-    free(row);
-    free(rank);
+    free(order);
     return FM_OK;
 }
 

@@ -1,10 +1,15 @@
 /* Site-side halves of the strategies: the gradient corrections applied before each local optimizer step
- * (FedProx's and adaptive regularization's proximal term, SCAFFOLD's c − ck) and SCAFFOLD's control-variate
- * update after local training. */
+ * (FedProx's and adaptive regularization's proximal term, SCAFFOLD's c − ck; on the CPU here, on the GPU through
+ * kernels/aggregate.cu) and SCAFFOLD's control-variate update after local training. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "fedmm/device.h"
 #include "fl/strategy_internal.h"
+
+#ifdef FEDMM_WITH_CUDA
+#include "kernels/aggregate.h"
+#endif
 
 #define SITE_OMP_MIN 16384
 
@@ -109,18 +114,76 @@ fm_status fm_site_correction_prepare(fm_site_correction *corr, const fm_strategy
     return FM_OK;
 }
 
+fm_status fm_site_correction_to_device(fm_site_correction *corr, fm_device device, size_t n)
+{
+    if (!corr)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_site_correction_to_device: NULL correction");
+    if (device == corr->device)
+        return FM_OK;
+    if (corr->device != FM_DEVICE_CPU)
+        return fm_error(FM_ERR_STATE, "fm_site_correction_to_device: the correction is already on %s, not the host",
+                        fm_device_name(corr->device));
+    if (device != FM_DEVICE_CUDA)
+        return fm_error(FM_ERR_INVALID_ARG, "fm_site_correction_to_device: device %d", (int)device);
+    if (!fm_build_has_cuda())
+        return fm_error(FM_ERR_DEVICE, "fm_site_correction_to_device: this fedmm was built without the CUDA backend");
+    const float *src[4] = {corr->anchor, corr->prox_weight, corr->c_global, corr->c_local};
+    size_t count = 0;
+    for (int i = 0; i < 4; i++)
+        count += src[i] ? 1 : 0;
+    float *mem = NULL;
+    if (count > 0 && n > 0) {
+        FM_TRY(fm_device_alloc(device, count * n * sizeof(float), (void **)&mem));
+        size_t at = 0;
+        for (int i = 0; i < 4; i++) {
+            if (!src[i])
+                continue;
+            fm_status st = fm_device_copy(mem + at * n, device, src[i], FM_DEVICE_CPU, n * sizeof(float));
+            if (st != FM_OK) {
+                fm_device_free(device, mem);
+                return st;
+            }
+            at++;
+        }
+    }
+    /* repoint, in the order the copies were laid out */
+    const float **dst[4] = {&corr->anchor, &corr->prox_weight, &corr->c_global, &corr->c_local};
+    size_t at = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!src[i])
+            continue;
+        *dst[i] = mem ? mem + at * n : NULL;
+        at++;
+    }
+    free(corr->owned_weight); /* its device copy replaces it */
+    corr->owned_weight = NULL;
+    corr->owned_device = mem;
+    corr->device = device;
+    return FM_OK;
+}
+
 void fm_site_correction_free(fm_site_correction *corr)
 {
     if (!corr)
         return;
     free(corr->owned_weight);
+    fm_device_free(corr->device, corr->owned_device);
     memset(corr, 0, sizeof(*corr));
 }
 
-void fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n)
+fm_status fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n)
 {
-    if (!grad || !corr)
-        return;
+    if (!corr || (!grad && n > 0))
+        return fm_error(FM_ERR_INVALID_ARG, "fm_site_correct_grad: NULL %s", corr ? "grad" : "correction");
+    if (corr->device != FM_DEVICE_CPU) {
+#ifdef FEDMM_WITH_CUDA
+        return fm_cuda_site_correct_grad(grad, params, corr->anchor, corr->prox_mu, corr->prox_weight, corr->c_global,
+                                         corr->c_local, n);
+#else
+        return fm_error(FM_ERR_DEVICE, "fm_site_correct_grad: a correction on %s in a build without CUDA",
+                        fm_device_name(corr->device));
+#endif
+    }
     const float *anchor = params ? corr->anchor : NULL;
     const float *pw = corr->prox_weight;
     float mu = corr->prox_mu;
@@ -141,6 +204,7 @@ void fm_site_correct_grad(float *grad, const float *params, const fm_site_correc
         for (size_t i = 0; i < n; i++)
             grad[i] += c[i] - ck[i];
     }
+    return FM_OK;
 }
 
 fm_status fm_scaffold_site_update(const float *ci, const float *c, const float *x_global, const float *y_local,

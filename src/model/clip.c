@@ -204,6 +204,10 @@ static fm_status make_views(fm_clip *m)
         memset(&e->p->g, 0, sizeof e->p->g);
         if (e->trainable)
             FM_TRY(fm_tensor_view(&e->p->g, m->grad, cap, e->offset, FM_F32, m->device, e->ndim, e->shape));
+        memset(&e->p->lp, 0, sizeof e->p->lp);
+        if (m->lowp) /* the bf16 copies: frozen first, then trainable, at the same offsets */
+            FM_TRY(fm_tensor_view(&e->p->lp, m->lowp, (m->n_frozen + m->n_trainable) * sizeof(uint16_t),
+                                  (e->trainable ? m->n_frozen : 0) + e->offset, FM_BF16, m->device, e->ndim, e->shape));
     }
     return FM_OK;
 }
@@ -283,6 +287,11 @@ fm_status fm_clip_create(fm_clip **out, const fm_clip_config *cfg, fm_device dev
     FM_TRY(fm_clip_config_validate(cfg));
     if (device != FM_DEVICE_CPU && device != FM_DEVICE_CUDA)
         return fm_error(FM_ERR_DEVICE, "clip create: unknown device %d", (int)device);
+    if (cfg->precision == FM_PRECISION_BF16 && device != FM_DEVICE_CUDA)
+        return fm_error(FM_ERR_UNSUPPORTED,
+                        "train.precision bf16 runs on CUDA only (this model is on the %s; the CPU path is the fp32 "
+                        "reference): use --device cuda, or train.precision fp32",
+                        fm_device_name(device));
     fm_clip *m = calloc(1, sizeof *m);
     if (!m)
         return fm_error(FM_ERR_NO_MEMORY, "clip create: model struct");
@@ -318,6 +327,11 @@ fm_status fm_clip_create(fm_clip **out, const fm_clip_config *cfg, fm_device dev
         st = alloc_buffer(device, m->n_trainable, &m->trainable);
     if (st == FM_OK)
         st = alloc_buffer(device, m->n_trainable, &m->grad);
+    if (st == FM_OK && cfg->precision == FM_PRECISION_BF16) {
+        void *p = NULL;
+        st = fm_device_alloc(device, (m->n_frozen + m->n_trainable + 1) * sizeof(uint16_t), &p);
+        m->lowp = p;
+    }
     if (st == FM_OK)
         st = make_views(m);
     if (st == FM_OK)
@@ -348,6 +362,8 @@ void fm_clip_destroy(fm_clip *m)
         fm_device_free(m->device, m->trainable);
     if (m->grad)
         fm_device_free(m->device, m->grad);
+    if (m->lowp)
+        fm_device_free(m->device, m->lowp);
     fm_arena_free(&m->arena);
     free(m->eot);
     free(m->entries);
@@ -398,6 +414,34 @@ fm_status fm_clip_param(fm_clip *m, const char *hf_name, fm_tensor *out)
     return fm_error(FM_ERR_RANGE, "clip: no parameter named '%s'", hf_name);
 }
 
+static fm_status copy_vector(fm_clip *m, const char *fn, size_t n, void *dst, fm_device dst_dev, const void *src,
+                             fm_device src_dev)
+{
+    if (!m || !dst || !src)
+        return fm_error(FM_ERR_INVALID_ARG, "%s: NULL argument", fn);
+    if (n != m->n_trainable)
+        return fm_error(FM_ERR_SHAPE, "%s: %zu floats given, the trainable vector has %zu", fn, n, m->n_trainable);
+    return fm_device_copy(dst, dst_dev, src, src_dev, n * sizeof(float));
+}
+
+fm_status fm_clip_get_trainable(fm_clip *m, float *host, size_t n)
+{
+    return copy_vector(m, "clip get_trainable", n, host, FM_DEVICE_CPU, m ? m->trainable : NULL,
+                       m ? m->device : FM_DEVICE_CPU);
+}
+
+fm_status fm_clip_set_trainable(fm_clip *m, const float *host, size_t n)
+{
+    return copy_vector(m, "clip set_trainable", n, m ? m->trainable : NULL, m ? m->device : FM_DEVICE_CPU, host,
+                       FM_DEVICE_CPU);
+}
+
+fm_status fm_clip_get_trainable_grad(fm_clip *m, float *host, size_t n)
+{
+    return copy_vector(m, "clip get_trainable_grad", n, host, FM_DEVICE_CPU, m ? m->grad : NULL,
+                       m ? m->device : FM_DEVICE_CPU);
+}
+
 fm_status fm_clip_zero_grad(fm_clip *m)
 {
     if (!m)
@@ -409,7 +453,7 @@ fm_status fm_clip_zero_grad(fm_clip *m)
 
 fm_status clip_view(fm_tensor *out, const fm_tensor *buf, int ndim, const int64_t *shape)
 {
-    return fm_tensor_view(out, buf->data, fm_tensor_nbytes(buf), 0, FM_F32, buf->device, ndim, shape);
+    return fm_tensor_view(out, buf->data, fm_tensor_nbytes(buf), 0, buf->dtype, buf->device, ndim, shape);
 }
 
 fm_status clip_sub(fm_tensor *out, const fm_tensor *t, size_t offset, int ndim, const int64_t *shape)
@@ -442,11 +486,11 @@ static void carve(carver *c, fm_tensor *out, fm_dtype dtype, int ndim, const int
 #define CARVE(t, dtype, ...) carve(c, &(t), dtype, SHAPE(__VA_ARGS__))
 
 static void carve_lora(carver *c, const clip_linear *lin, clip_lora_acts *la, int64_t B, int64_t T, int64_t r,
-                       int scaled, int dropout)
+                       int scaled, int dropout, fm_dtype act)
 {
     if (!lin->lora)
         return;
-    CARVE(la->t, FM_F32, B, T, r);
+    CARVE(la->t, act, B, T, r);
     if (scaled)
         CARVE(la->ts, FM_F32, B, T, r);
     else if (c->arena)
@@ -459,7 +503,9 @@ static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
 {
     clip_tower_acts *a = &tw->acts;
     int64_t T = tw->T, W = tw->W, M = tw->M, NH = tw->NH, E = m->cfg.embed_dim, r = m->cfg.lora_rank;
-    int scaled = m->lora_scaling != 1.0f, dropout = clip_has_dropout(m);
+    /* On CUDA the LoRA scaling is the GEMM's alpha: no ts. Under bf16 what only feeds GEMMs is bf16. */
+    int scaled = m->lora_scaling != 1.0f && m->device == FM_DEVICE_CPU, dropout = clip_has_dropout(m);
+    const fm_dtype gemm_in = clip_lowp(m) ? FM_BF16 : FM_F32;
     if (tw->id == FM_CLIP_TOWER_VISION) {
         int64_t H = m->cfg.image_size, P = m->cfg.patch_size, NP = T - 1;
         CARVE(a->input, FM_F32, B, 3, H, H);
@@ -476,7 +522,7 @@ static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
     for (int l = 0; l < tw->L; l++) {
         clip_layer_acts *la = &a->layers[l];
         const clip_layer *ly = &tw->layers[l];
-        CARVE(la->ln1, FM_F32, B, T, W);
+        CARVE(la->ln1, gemm_in, B, T, W);
         CARVE(la->ln1_mean, FM_F32, B, T);
         CARVE(la->ln1_rstd, FM_F32, B, T);
         CARVE(la->q, FM_F32, B, T, W);
@@ -484,18 +530,20 @@ static void carve_tower(carver *c, fm_clip *m, clip_tower *tw, int64_t B)
         CARVE(la->v, FM_F32, B, T, W);
         CARVE(la->lse, FM_F32, B, NH, T);
         CARVE(la->a, FM_F32, B, T, W);
+        if (clip_lowp(m))
+            CARVE(la->ab, FM_BF16, B, T, W);
         CARVE(la->xmid, FM_F32, B, T, W);
-        CARVE(la->ln2, FM_F32, B, T, W);
+        CARVE(la->ln2, gemm_in, B, T, W);
         CARVE(la->ln2_mean, FM_F32, B, T);
         CARVE(la->ln2_rstd, FM_F32, B, T);
         CARVE(la->h, FM_F32, B, T, M);
-        CARVE(la->g, FM_F32, B, T, M);
-        carve_lora(c, &ly->q, &la->lq, B, T, r, scaled, dropout);
-        carve_lora(c, &ly->k, &la->lk, B, T, r, scaled, dropout);
-        carve_lora(c, &ly->v, &la->lv, B, T, r, scaled, dropout);
-        carve_lora(c, &ly->o, &la->lo, B, T, r, scaled, dropout);
-        carve_lora(c, &ly->fc1, &la->lfc1, B, T, r, scaled, dropout);
-        carve_lora(c, &ly->fc2, &la->lfc2, B, T, r, scaled, dropout);
+        CARVE(la->g, gemm_in, B, T, M);
+        carve_lora(c, &ly->q, &la->lq, B, T, r, scaled, dropout, gemm_in);
+        carve_lora(c, &ly->k, &la->lk, B, T, r, scaled, dropout, gemm_in);
+        carve_lora(c, &ly->v, &la->lv, B, T, r, scaled, dropout, gemm_in);
+        carve_lora(c, &ly->o, &la->lo, B, T, r, scaled, dropout, gemm_in);
+        carve_lora(c, &ly->fc1, &la->lfc1, B, T, r, scaled, dropout, gemm_in);
+        carve_lora(c, &ly->fc2, &la->lfc2, B, T, r, scaled, dropout, gemm_in);
     }
     CARVE(a->pooled, FM_F32, B, W);
     CARVE(a->pooled_ln, FM_F32, B, W);
@@ -516,7 +564,10 @@ static void carve_all(carver *c, fm_clip *m, int64_t B)
     int64_t BTM = B * max64(v->T * v->M, t->T * t->M);
     int64_t BTR = B * max64(v->T, t->T) * r;
     int64_t BW = B * max64(v->W, t->W);
+    const int cpu = m->device == FM_DEVICE_CPU, lowp = clip_lowp(m);
     CARVE(m->lora_S, FM_F32, r, r);
+    if (!cpu) /* the pooled positions, for the gather kernels */
+        CARVE(m->eot_dev, FM_I32, B);
     CARVE(m->scale, FM_F32);
     CARVE(m->loss, FM_F32);
     CARVE(m->probs_i2t, FM_F32, B, B);
@@ -524,7 +575,8 @@ static void carve_all(carver *c, fm_clip *m, int64_t B)
     CARVE(m->dimg, FM_F32, B, E);
     CARVE(m->dtxt, FM_F32, B, E);
     CARVE(m->tmp, FM_F32, BTW);
-    CARVE(m->tmp_u, FM_F32, max64(BTW, BTM));
+    if (cpu || lowp) /* CPU: the LoRA output u; bf16: the activation before its cast. CUDA fp32: not needed */
+        CARVE(m->tmp_u, FM_F32, max64(BTW, BTM));
     CARVE(m->dres, FM_F32, BTW);
     CARVE(m->dln, FM_F32, BTW);
     CARVE(m->dq, FM_F32, BTW);
@@ -533,8 +585,11 @@ static void carve_all(carver *c, fm_clip *m, int64_t B)
     CARVE(m->da, FM_F32, BTW);
     CARVE(m->dh, FM_F32, BTM);
     CARVE(m->dg, FM_F32, BTM);
-    CARVE(m->dt, FM_F32, BTR);
-    CARVE(m->dts, FM_F32, BTR);
+    CARVE(m->dt, lowp ? FM_BF16 : FM_F32, BTR);
+    if (cpu)
+        CARVE(m->dts, FM_F32, BTR);
+    if (lowp)
+        CARVE(m->dy_lp, FM_BF16, max64(BTW, BTM));
     CARVE(m->dpool, FM_F32, BW);
     CARVE(m->dpool_ln, FM_F32, BW);
     CARVE(m->dproj, FM_F32, B * E);

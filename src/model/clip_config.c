@@ -301,5 +301,35 @@ fm_status fm_clip_config_validate(const fm_clip_config *cfg)
             return fm_error(FM_ERR_CONFIG, "model config: lora_dropout %g is out of range [0, 1)",
                             (double)cfg->lora_dropout);
     }
+    if (cfg->precision != FM_PRECISION_FP32 && cfg->precision != FM_PRECISION_BF16)
+        return fm_error(FM_ERR_CONFIG, "model config: precision %d is not fp32 or bf16", (int)cfg->precision);
+    /* The bf16 path keeps no fp32 copy of the adapters' inputs to draw the dropout mask from. */
+    if (cfg->precision == FM_PRECISION_BF16 && !cfg->full_finetune && cfg->lora_rank > 0 && cfg->lora_dropout > 0.0f)
+        return fm_error(FM_ERR_CONFIG,
+                        "train.precision bf16 does not support LoRA dropout yet (model.lora_dropout is %g): use "
+                        "train.precision fp32, or lora_dropout 0",
+                        (double)cfg->lora_dropout);
     return FM_OK;
+}
+
+fm_status fm_precision_parse(const char *name, fm_precision *out)
+{
+    if (!out)
+        return fm_error(FM_ERR_INVALID_ARG, "precision parse: NULL out");
+    if (name && strcmp(name, "fp32") == 0)
+        *out = FM_PRECISION_FP32;
+    else if (name && strcmp(name, "bf16") == 0)
+        *out = FM_PRECISION_BF16;
+    else
+        return fm_error(FM_ERR_CONFIG, "precision '%s': expected fp32 or bf16", name ? name : "(null)");
+    return FM_OK;
+}
+
+const char *fm_precision_name(fm_precision p)
+{
+    switch (p) {
+    case FM_PRECISION_FP32: return "fp32";
+    case FM_PRECISION_BF16: return "bf16";
+    }
+    return "?";
 }

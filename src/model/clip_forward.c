@@ -1,6 +1,11 @@
 /* CLIP forward and backward through the dispatched ops: LoRA-adapted linears, pre-LN encoder layers, the
  * ViT and text towers with their pooling and projections, the InfoNCE head, and the public training and
- * encoding entry points. Backward ops accumulate, so every activation gradient is zeroed before use. */
+ * encoding entry points. Backward ops accumulate, so every activation gradient is zeroed before use.
+ *
+ * One path for both devices: the ops dispatch by the tensors' device. Where the GPU does better than the op
+ * sequence (clip_cuda.c) the CUDA model takes its own step: the adapted linears with the LoRA path fused into
+ * the base GEMM's output (and bf16 GEMMs under bf16 precision), and the batched row gathers of the towers. The
+ * CPU steps are the reference those are tested against (tests/gpu/test_model_*.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +25,8 @@ static const float LOGIT_SCALE_MAX = 4.605170186f; /* ln(100), CLIP's clamp */
  * (its mask kept in la->mask), else x. */
 static fm_status linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts *la, fm_tensor *y, const fm_tensor *x)
 {
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_linear_forward(m, l, la, y, x);
     FM_TRY(fm_linear_forward(y, x, &l->w.v, l->has_bias ? &l->b.v : NULL));
     if (!l->lora || m->merged)
         return FM_OK;
@@ -45,6 +52,8 @@ static fm_status linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts
 static fm_status linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
                                  const fm_tensor *dy, const fm_tensor *x)
 {
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_linear_backward(m, l, la, dx, dy, x);
     FM_TRY(fm_linear_backward(dx, CLIP_GRAD(l->w), l->has_bias ? CLIP_GRAD(l->b) : NULL, dy, x, &l->w.v));
     if (!l->lora)
         return FM_OK;
@@ -85,24 +94,43 @@ static fm_status act_backward(const fm_clip *m, fm_tensor *dinp, const fm_tensor
                                                  : fm_quick_gelu_backward(dinp, inp, dout);
 }
 
+/* Layernorm into `out`; under bf16 (out is bf16) through the fp32 scratch `tmp`, then rounded. */
+static fm_status norm_forward(fm_clip *m, fm_tensor *out, fm_tensor *mean, fm_tensor *rstd, const fm_tensor *x,
+                              const clip_p *w, const clip_p *b, fm_tensor *tmp)
+{
+    if (out->dtype == FM_F32)
+        return fm_layernorm_forward(out, mean, rstd, x, &w->v, &b->v, m->cfg.layer_norm_eps);
+    FM_TRY(fm_layernorm_forward(tmp, mean, rstd, x, &w->v, &b->v, m->cfg.layer_norm_eps));
+    return clip_cuda_cast(out, tmp);
+}
+
 /* xout = xmid + MLP(LN2(xmid)), xmid = x + Attn(LN1(x)); x, xout (B, T, W). */
 static fm_status layer_forward(fm_clip *m, clip_tower *tw, int l, const fm_tensor *x, fm_tensor *xout)
 {
     const clip_layer *p = &tw->layers[l];
     clip_layer_acts *a = &tw->acts.layers[l];
-    float eps = m->cfg.layer_norm_eps;
+    const int lowp = clip_lowp(m);
     fm_tensor tmp;
     FM_TRY(clip_view(&tmp, &m->tmp, x->ndim, x->shape));
-    FM_TRY(fm_layernorm_forward(&a->ln1, &a->ln1_mean, &a->ln1_rstd, x, &p->ln1_w.v, &p->ln1_b.v, eps));
+    FM_TRY(norm_forward(m, &a->ln1, &a->ln1_mean, &a->ln1_rstd, x, &p->ln1_w, &p->ln1_b, &tmp));
     FM_TRY(linear_forward(m, &p->q, &a->lq, &a->q, &a->ln1));
     FM_TRY(linear_forward(m, &p->k, &a->lk, &a->k, &a->ln1));
     FM_TRY(linear_forward(m, &p->v, &a->lv, &a->v, &a->ln1));
     FM_TRY(fm_attention_forward(&a->a, &a->lse, &a->q, &a->k, &a->v, NULL, tw->causal, tw->NH));
-    FM_TRY(linear_forward(m, &p->o, &a->lo, &tmp, &a->a));
+    if (lowp)
+        FM_TRY(clip_cuda_cast(&a->ab, &a->a));
+    FM_TRY(linear_forward(m, &p->o, &a->lo, &tmp, lowp ? &a->ab : &a->a));
     FM_TRY(fm_residual_forward(&a->xmid, x, &tmp));
-    FM_TRY(fm_layernorm_forward(&a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->xmid, &p->ln2_w.v, &p->ln2_b.v, eps));
+    FM_TRY(norm_forward(m, &a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->xmid, &p->ln2_w, &p->ln2_b, &tmp));
     FM_TRY(linear_forward(m, &p->fc1, &a->lfc1, &a->h, &a->ln2));
-    FM_TRY(act_forward(m, &a->g, &a->h));
+    if (lowp) {
+        fm_tensor g32;
+        FM_TRY(clip_view(&g32, &m->tmp_u, a->h.ndim, a->h.shape));
+        FM_TRY(act_forward(m, &g32, &a->h));
+        FM_TRY(clip_cuda_cast(&a->g, &g32));
+    } else {
+        FM_TRY(act_forward(m, &a->g, &a->h));
+    }
     FM_TRY(linear_forward(m, &p->fc2, &a->lfc2, &tmp, &a->g));
     return fm_residual_forward(xout, &a->xmid, &tmp);
 }
@@ -131,7 +159,7 @@ static fm_status layer_backward(fm_clip *m, clip_tower *tw, int l, const fm_tens
                                  &a->ln2_mean, &a->ln2_rstd));
     /* attention branch */
     FM_TRY(clip_zero(&da));
-    FM_TRY(linear_backward(m, &p->o, &a->lo, &da, dres, &a->a));
+    FM_TRY(linear_backward(m, &p->o, &a->lo, &da, dres, clip_lowp(m) ? &a->ab : &a->a));
     FM_TRY(clip_zero(&dq));
     FM_TRY(clip_zero(&dk));
     FM_TRY(clip_zero(&dv));
@@ -168,7 +196,9 @@ fm_status clip_tower_forward(fm_clip *m, clip_tower *tw, int B)
     if (tw->id == FM_CLIP_TOWER_VISION) {
         size_t NP = T - 1;
         FM_TRY(fm_patch_embed_forward(&a->patches, &a->cols, &a->input, &tw->patch_w.v, NULL));
-        for (int b = 0; b < B; b++) {
+        if (m->device == FM_DEVICE_CUDA)
+            FM_TRY(clip_cuda_vision_embed_forward(m, tw, B));
+        for (int b = 0; m->device == FM_DEVICE_CPU && b < B; b++) {
             /* emb[b] = [class; patches[b]] + position embedding */
             fm_tensor row;
             FM_TRY(copy_row(m, &a->emb, (size_t)b * T * W, &tw->class_emb.v, 0, W));
@@ -185,7 +215,9 @@ fm_status clip_tower_forward(fm_clip *m, clip_tower *tw, int B)
         FM_TRY(layer_forward(m, tw, l, &a->res[l], &a->res[l + 1]));
     /* Pool one position per sample, then the final layernorm (per row, so pooling first is the same as HF's
      * normalising every position and pooling after). */
-    for (int b = 0; b < B; b++)
+    if (m->device == FM_DEVICE_CUDA)
+        FM_TRY(clip_cuda_pool_forward(m, tw, B));
+    for (int b = 0; m->device == FM_DEVICE_CPU && b < B; b++)
         FM_TRY(copy_row(m, &a->pooled, (size_t)b * W, &a->res[tw->L], ((size_t)b * T + (size_t)pool_pos(m, tw, b)) * W,
                         W));
     FM_TRY(fm_layernorm_forward(&a->pooled_ln, &a->pooled_mean, &a->pooled_rstd, &a->pooled, &tw->final_ln_w.v,
@@ -218,7 +250,9 @@ fm_status clip_tower_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor
                                  &tw->final_ln_w.v, &a->pooled_mean, &a->pooled_rstd));
     FM_TRY(clip_view(&dres, &m->dres, a->res[0].ndim, a->res[0].shape));
     FM_TRY(clip_zero(&dres));
-    for (int b = 0; b < B; b++)
+    if (m->device == FM_DEVICE_CUDA)
+        FM_TRY(clip_cuda_pool_backward(m, tw, B, &dres, &dpool));
+    for (int b = 0; m->device == FM_DEVICE_CPU && b < B; b++)
         FM_TRY(copy_row(m, &dres, ((size_t)b * T + (size_t)pool_pos(m, tw, b)) * W, &dpool, (size_t)b * W, W));
     for (int l = tw->L - 1; l >= tw->lowest_trainable; l--)
         FM_TRY(layer_backward(m, tw, l, &a->res[l], &dres));
@@ -234,7 +268,9 @@ fm_status clip_tower_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor
     FM_TRY(fm_layernorm_backward(&demb, CLIP_GRAD(tw->pre_ln_w), CLIP_GRAD(tw->pre_ln_b), &dres, &a->emb,
                                  &tw->pre_ln_w.v, &a->pre_mean, &a->pre_rstd));
     FM_TRY(clip_view(&dpatches, &m->dk, a->patches.ndim, a->patches.shape));
-    for (int b = 0; b < B; b++) {
+    if (m->device == FM_DEVICE_CUDA)
+        FM_TRY(clip_cuda_vision_embed_backward(m, tw, B, &demb, &dpatches));
+    for (int b = 0; m->device == FM_DEVICE_CPU && b < B; b++) {
         fm_tensor row, cls;
         FM_TRY(clip_sub(&row, &demb, (size_t)b * T * W, SHAPE((int64_t)T, (int64_t)W)));
         FM_TRY(clip_sub(&cls, &demb, (size_t)b * T * W, SHAPE((int64_t)W)));
@@ -272,6 +308,8 @@ static fm_status load_texts(fm_clip *m, const char *fn, const int32_t *tokens, c
                             (int)eot_pos[b], T);
         m->eot[b] = eot_pos[b];
     }
+    if (m->device != FM_DEVICE_CPU) /* the pooling kernels read the positions on the device */
+        FM_TRY(fm_device_copy(m->eot_dev.data, m->device, eot_pos, FM_DEVICE_CPU, (size_t)B * sizeof(int32_t)));
     /* Token ids are range-checked by the embedding op, which names the offending position. */
     return fm_device_copy(m->text.acts.input.data, m->device, tokens, FM_DEVICE_CPU,
                           (size_t)B * (size_t)T * sizeof(int32_t));
@@ -287,8 +325,13 @@ static void train_begin(fm_clip *m)
 }
 
 /* Both towers (dropout on only for `train`) on B pairs. */
+/* Starts any forward pass: under bf16 the weights' bf16 copies are made from the current fp32 values (the
+ * caller may have written the trainable vector or a parameter since the last pass). */
+static fm_status pass_begin(fm_clip *m) { return clip_lowp(m) ? clip_cuda_refresh_lowp(m) : FM_OK; }
+
 static fm_status towers_forward(fm_clip *m, int train, int B)
 {
+    FM_TRY(pass_begin(m));
     if (train)
         train_begin(m);
     fm_status st = clip_tower_forward(m, &m->vision, B);
@@ -373,6 +416,7 @@ fm_status fm_clip_forward(fm_clip *m, const float *images, const int32_t *tokens
         FM_TRY(load_texts(m, fn, tokens, eot_pos, B));
     if (images)
         FM_TRY(load_images(m, images, B));
+    FM_TRY(pass_begin(m));
     train_begin(m); /* a training pass: fm_clip_backward follows */
     fm_status st = images ? clip_tower_forward(m, &m->vision, B) : FM_OK;
     if (st == FM_OK && tokens)
@@ -422,6 +466,7 @@ fm_status fm_clip_encode_images(fm_clip *m, const float *images, int B, float *e
         return fm_error(FM_ERR_INVALID_ARG, "%s: NULL images or emb", fn);
     size_t E = (size_t)m->cfg.embed_dim, per = 3 * (size_t)m->cfg.image_size * (size_t)m->cfg.image_size;
     int chunk = clip_encode_chunk(m, B);
+    FM_TRY(pass_begin(m));
     for (int b0 = 0; b0 < B; b0 += chunk) {
         int n = B - b0 < chunk ? B - b0 : chunk;
         FM_TRY(clip_ensure_acts(m, n));
@@ -441,6 +486,7 @@ fm_status fm_clip_encode_texts(fm_clip *m, const int32_t *tokens, const int32_t 
         return fm_error(FM_ERR_INVALID_ARG, "%s: NULL tokens, eot_pos or emb", fn);
     size_t E = (size_t)m->cfg.embed_dim, T = (size_t)m->text.T;
     int chunk = clip_encode_chunk(m, B);
+    FM_TRY(pass_begin(m));
     for (int b0 = 0; b0 < B; b0 += chunk) {
         int n = B - b0 < chunk ? B - b0 : chunk;
         FM_TRY(clip_ensure_acts(m, n));

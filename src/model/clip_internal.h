@@ -10,10 +10,12 @@
 #include "fedmm/arena.h"
 #include "fedmm/clip.h"
 
-/* A parameter: its value and, when it trains, its gradient (g.data == NULL when frozen). */
+/* A parameter: its value, when it trains its gradient (g.data == NULL when frozen), and under bf16 precision its
+ * bf16 copy (lp, refreshed from v at the start of every forward pass; lp.data == NULL under fp32). */
 typedef struct clip_p {
     fm_tensor v;
     fm_tensor g;
+    fm_tensor lp;
 } clip_p;
 
 /* The gradient to hand to a backward op: NULL for a frozen parameter, which the op then skips. The model
@@ -51,15 +53,19 @@ typedef struct clip_layer {
 /* What an adapted linear keeps for backward: t = xa·Aᵀ and ts = scaling·t (B, T, r), xa the adapter's input;
  * under LoRA dropout also the mask (B, T, in): 1/(1 − p) or 0 per element, xa = x ⊙ mask. The dropped input
  * itself is not kept: backward recomputes it from x (kept for the base linear anyway) and the mask, bit for
- * bit, so each adapter costs one (B, T, in) buffer, not two. */
+ * bit, so each adapter costs one (B, T, in) buffer, not two. On CUDA the scaling rides in the GEMM's alpha
+ * (kernels/lora.cu): ts is not carved (it aliases t), and t is bf16 under bf16 precision. */
 typedef struct clip_lora_acts {
     fm_tensor t, ts;
     fm_tensor mask; /* only when lora_dropout > 0 */
 } clip_lora_acts;
 
+/* Under bf16 precision (CUDA) ln1, ln2 and g, which only feed GEMMs, are stored in bf16, and ab holds the bf16
+ * copy of the attention output a (a itself stays fp32: attention's backward reads it). */
 typedef struct clip_layer_acts {
     fm_tensor ln1, ln1_mean, ln1_rstd; /* (B, T, W), (B, T) ×2 */
     fm_tensor q, k, v, a;              /* (B, T, W); a = attention output, input of out_proj */
+    fm_tensor ab;                      /* (B, T, W) bf16 copy of a, the input of out_proj (bf16 only) */
     fm_tensor lse;                     /* (B, NH, T) attention row log-sum-exp, saved for backward */
     fm_tensor xmid;                    /* (B, T, W) residual stream after attention */
     fm_tensor ln2, ln2_mean, ln2_rstd;
@@ -135,19 +141,23 @@ struct fm_clip {
     size_t n_frozen;
     float *trainable, *grad;
     size_t n_trainable;
+    uint16_t *lowp; /* bf16 precision: bf16 copies of frozen then trainable (n_frozen + n_trainable), else NULL */
 
-    fm_arena arena; /* activations for up to cap_B samples */
-    int cap_B;      /* batch the arena was sized for (0: none yet) */
-    int acts_B;     /* batch the current views are carved for */
-    int32_t *eot;   /* host copy of the pooled text positions, cap_B */
+    fm_arena arena;    /* activations for up to cap_B samples */
+    int cap_B;         /* batch the arena was sized for (0: none yet) */
+    int acts_B;        /* batch the current views are carved for */
+    int32_t *eot;      /* host copy of the pooled text positions, cap_B */
+    fm_tensor eot_dev; /* (B) i32 device copy of eot (CUDA only) */
 
     /* head */
     fm_tensor scale, loss;          /* 0-dim: the clamped log-scale in use, the loss */
     fm_tensor probs_i2t, probs_t2i; /* (B, B) */
     fm_tensor dimg, dtxt;           /* (B, E) gradients wrt the normalised embeddings */
     fm_tensor lora_S;               /* (r, r) = scaling · I */
-    /* scratch shared by the towers, reshaped per use (flat, sized for the larger tower) */
+    /* scratch shared by the towers, reshaped per use (flat, sized for the larger tower); tmp_u and dts exist on
+     * the CPU only (tmp_u also under bf16, for the activation before its cast), dt is bf16 under bf16 */
     fm_tensor tmp, tmp_u, dres, dln, dq, dk, dv, da, dh, dg, dt, dts, dpool, dpool_ln, dproj;
+    fm_tensor dy_lp; /* bf16 only: (B·T·max(W, M)) bf16, the gradient a GEMM reads, rounded once */
     /* LoRA dropout (see CLIP_DROPOUT_KEY) */
     uint64_t dropout_step;     /* the step the next training forward uses */
     uint64_t dropout_pass;     /* the step of the training forward under way */
@@ -158,10 +168,13 @@ struct fm_clip {
                                   0 after any other pass */
 };
 
+/* bf16 mixed precision (CUDA only; fm_clip_create refuses it elsewhere). */
+static inline int clip_lowp(const fm_clip *m) { return m->cfg.precision == FM_PRECISION_BF16; }
+
 /* --- clip.c --- */
 /* Makes sure the arena holds activations for B samples and carves the views for exactly B. */
 fm_status clip_ensure_acts(fm_clip *m, int B);
-/* A contiguous f32 view of `ndim`/`shape` at the start of the flat scratch `buf`. */
+/* A contiguous view of `ndim`/`shape` (buf's dtype) at the start of the flat scratch `buf`. */
 fm_status clip_view(fm_tensor *out, const fm_tensor *buf, int ndim, const int64_t *shape);
 /* A contiguous f32 view of `ndim`/`shape` starting `offset` elements into `t`. */
 fm_status clip_sub(fm_tensor *out, const fm_tensor *t, size_t offset, int ndim, const int64_t *shape);
@@ -174,5 +187,23 @@ int clip_has_dropout(const fm_clip *m);
 /* --- clip_forward.c --- */
 fm_status clip_tower_forward(fm_clip *m, clip_tower *tw, int B);
 fm_status clip_tower_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor *dnormed);
+
+/* --- clip_cuda.c: the device path's own steps (kernels/model_ops.h); FM_ERR_DEVICE in a build without CUDA --- */
+/* Under bf16: every parameter's bf16 copy from its fp32 value (one cast per buffer). */
+fm_status clip_cuda_refresh_lowp(fm_clip *m);
+/* An adapted linear with the LoRA path accumulated into y by the GEMM (no (B, T, out) temporary); x is fp32, or
+ * bf16 under bf16 (then the bf16 weight copies are used). Same contract as the CPU path in clip_forward.c. */
+fm_status clip_cuda_linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts *la, fm_tensor *y,
+                                   const fm_tensor *x);
+fm_status clip_cuda_linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
+                                    const fm_tensor *dy, const fm_tensor *x);
+/* dst (bf16) = src (fp32), same number of elements. */
+fm_status clip_cuda_cast(fm_tensor *dst, const fm_tensor *src);
+/* The vision tower's input rows and the pooled rows, one launch each (the CPU path loops over the batch). */
+fm_status clip_cuda_vision_embed_forward(fm_clip *m, clip_tower *tw, int B);
+fm_status clip_cuda_vision_embed_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor *demb,
+                                          fm_tensor *dpatches);
+fm_status clip_cuda_pool_forward(fm_clip *m, clip_tower *tw, int B);
+fm_status clip_cuda_pool_backward(fm_clip *m, clip_tower *tw, int B, fm_tensor *dres, const fm_tensor *dpool);
 
 #endif

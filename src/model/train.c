@@ -49,7 +49,7 @@ struct fm_optimizer {
     fm_clip *model;
     fm_device device;
     size_t n;
-    float *m, *v; /* moments, on the model's device */
+    float *m, *v; /* moments, on the model's device: one allocation of 2n floats, m first */
     int64_t step;
 };
 
@@ -61,9 +61,10 @@ fm_status fm_optimizer_create(fm_optimizer **out, fm_clip *model)
     o->model = model;
     o->device = fm_clip_device(model);
     o->n = fm_clip_num_trainable(model);
-    fm_status st = fm_device_alloc(o->device, o->n * sizeof(float), (void **)&o->m);
-    if (st == FM_OK)
-        st = fm_device_alloc(o->device, o->n * sizeof(float), (void **)&o->v);
+    void *state = NULL;
+    fm_status st = fm_device_alloc(o->device, (2 * o->n + 1) * sizeof(float), &state);
+    o->m = state;
+    o->v = o->m ? o->m + o->n : NULL;
     if (st == FM_OK)
         st = fm_optimizer_reset(o);
     if (st != FM_OK) {
@@ -78,8 +79,7 @@ void fm_optimizer_destroy(fm_optimizer *o)
 {
     if (!o)
         return;
-    fm_device_free(o->device, o->m);
-    fm_device_free(o->device, o->v);
+    fm_device_free(o->device, o->m); /* v lives in the same allocation */
     free(o);
 }
 
@@ -88,8 +88,7 @@ int64_t fm_optimizer_step_count(const fm_optimizer *o) { return o->step; }
 fm_status fm_optimizer_reset(fm_optimizer *o)
 {
     o->step = 0;
-    FM_TRY(fm_device_memset(o->device, o->m, 0, o->n * sizeof(float)));
-    return fm_device_memset(o->device, o->v, 0, o->n * sizeof(float));
+    return fm_device_memset(o->device, o->m, 0, 2 * o->n * sizeof(float));
 }
 
 fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const char *path)
@@ -241,6 +240,9 @@ fm_status fm_optimizer_apply(fm_clip *model, fm_optimizer *opt, const fm_train_o
     FM_TRY(vec_view(&g, fm_clip_trainable_grad(model), opt->n, dev));
     FM_TRY(vec_view(&m, opt->m, opt->n, dev));
     FM_TRY(vec_view(&v, opt->v, opt->n, dev));
+    /* Data parallelism (include/fedmm/dp.h): every rank steps with the mean gradient of all ranks. */
+    if (o->dp)
+        FM_TRY(fm_dp_allreduce_mean(o->dp, fm_clip_trainable_grad(model), opt->n));
     float norm = 0.0f;
     /* Clip to a huge norm when clipping is off: the norm is still measured and checked for NaN. */
     FM_TRY(fm_clip_grad_norm(&g, o->grad_clip > 0 ? (float)o->grad_clip : 3.4e38f, &norm));

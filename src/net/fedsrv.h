@@ -1,13 +1,26 @@
-/* The federation server's state machine, independent of gRPC: rounds, the sites each round samples (the same
- * draw as `fedmm sim`), tokens, and the validation and aggregation of pushed updates. The gRPC layer
- * (src/net/server.c) decodes messages and calls in here; every function answers with a gRPC status code and
- * leaves the reason in fm_last_error().
+/* The federation server's state machine, independent of gRPC: rounds, the sites each round tasks (the same
+ * draw as `fedmm sim`), tokens, the validation and aggregation of pushed updates, and the state a crashed
+ * server resumes from. The gRPC layer (src/net/rpc.c) decodes messages and calls in here; every function
+ * answers with a gRPC status code and leaves the reason in fm_last_error().
  *
  * Aggregation order: floating-point sums depend on their order, and `fedmm sim` adds a round's updates in
  * ascending site order. Pushes are validated completely into a staging vector; an update is then added to the
- * strategy as soon as every lower-indexed chosen site's update has been added, and parked until then. With
- * sites that push in index order this is O(P) memory; the worst case (the highest-indexed site first) parks
- * K−1 updates: O(K·P) for the K sites of a round. */
+ * strategy as soon as every lower-indexed tasked site's update has been added, and parked until then.
+ * Memory: O(P) when sites push in index order. Parked updates are kept in RAM up to park_budget_bytes; beyond
+ * it they are written to state_dir/parked/ and read back (and checked) when their turn comes, so the server
+ * holds at most the strategy's state, one staging vector and the budget.
+ *
+ * Over-selection (Bonawitz et al. 2019): a round tasks sites_tasked ≥ sites_per_round sites (the first
+ * sites_tasked of the round's permutation, fm_round_sites) and closes as soon as sites_per_round of them
+ * pushed; the pushes that arrive later are refused as stale. With every tasked site pushing in site order the
+ * aggregate is that of the sites_per_round lowest-indexed tasked sites, which is what `fedmm sim` uses.
+ *
+ * State: with state_dir set, after every finished round the server writes state_dir/server-strategy-R
+ * .safetensors (fm_strategy_save: global vector and the rule's state) and then state_dir/server-state
+ * .safetensors (run id, R, the per-round log, fingerprints of the configuration), both atomically (temporary
+ * file, fsync, rename), and only then removes the previous round's strategy file: a crash at any point
+ * leaves a state file naming a complete strategy file. The open round's pushes are not saved: after a resume
+ * its sites are tasked again and re-push (site training is deterministic, so the result does not change). */
 #ifndef FEDMM_NET_FEDSRV_H
 #define FEDMM_NET_FEDSRV_H
 
@@ -30,6 +43,17 @@ enum {
     FM_NET_UNAUTHENTICATED = 16
 };
 
+/* One finished round, as logged (and kept in the state for a resumed server's metrics). */
+typedef struct fm_fedsrv_round_log {
+    int round;
+    double loss;   /* mean of the pushing sites' reported losses */
+    int sites;     /* updates aggregated */
+    double wall_s; /* since the run started, across restarts */
+    /* tensor payload bytes of the run so far: the gRPC layer counts them, so on_round fills them in; the state
+     * keeps them, so a resumed server can continue the count */
+    double bytes_up, bytes_down;
+} fm_fedsrv_round_log;
+
 typedef struct fm_fedsrv_config {
     const char *run_id;  /* ≤ FM_WIRE_RUN_ID_MAX characters */
     int rounds;          /* R ≥ 1; rounds are numbered 1..R */
@@ -46,29 +70,46 @@ typedef struct fm_fedsrv_config {
     const char *const *tokens;   /* (N) each site's bearer token (borrowed) */
     fm_strategy *strategy;       /* borrowed; its global vector is the model sites pull */
     const char *config_text;     /* echoed in Task.config */
-    /* called after each finished round with the mean of the sites' reported losses */
-    void (*on_round)(void *ctx, int round, double mean_loss, const float *global);
+    /* called after each finished round, before its state is written (it may fill r's bytes_up/bytes_down) */
+    void (*on_round)(void *ctx, fm_fedsrv_round_log *r, const float *global);
     void *ctx;
     /* round deadline (net.round_timeout_s, 0 = none): once a round has been open this long and at least
      * min_sites (fl.min_sites, ≥ 1) of its sites pushed, fm_fedsrv_poll closes it with those, in site order */
     double round_timeout_s;
     int min_sites;
+    /* over-selection (fl.over_select): sites each round tasks, sites_per_round ≤ sites_tasked ≤ num_sites;
+     * 0 = sites_per_round. The round closes once sites_per_round of them pushed. */
+    int sites_tasked;
+    /* NULL: no state is written and every parked update stays in RAM. Otherwise the directory (it must exist)
+     * the state is written to after every round and parked updates beyond park_budget_bytes are spilled to. */
+    const char *state_dir;
+    size_t park_budget_bytes; /* net.park_memory_mb in bytes; ignored without state_dir */
+    /* continue the run saved in state_dir: its run id (run_id above is ignored), the round after its last
+     * finished one, its global vector and strategy state, its per-round log. FM_ERR_IO when there is no state,
+     * FM_ERR_PARSE when it is damaged, FM_ERR_CONFIG when it was written with another configuration. */
+    int resume;
 } fm_fedsrv_config;
 
 typedef struct fm_fedsrv fm_fedsrv;
 
-/* Opens round 1. The config's pointers must outlive the server. */
+/* Opens round 1 (or, with resume, the round after the saved one). The config's pointers must outlive the
+ * server. Leftover spill files of an earlier process in state_dir/parked/ are removed. */
 fm_status fm_fedsrv_create(fm_fedsrv **out, const fm_fedsrv_config *cfg);
 void fm_fedsrv_destroy(fm_fedsrv *s);
 
 /* `bearer` is the token from the call's metadata (NULL if none): it must equal the site's token and the one in
- * the Join message. */
+ * the Join message. A TRAIN task carries the round's deadline as wall-clock milliseconds since the epoch
+ * (deadline_unix_ms) when round_timeout_s > 0: when the round may close without this site; else 0. */
 int fm_fedsrv_join(fm_fedsrv *s, const char *bearer, const fm_wire_join *j, fm_wire_task *task);
 int fm_fedsrv_heartbeat(fm_fedsrv *s, const char *bearer, const fm_wire_ref *h, fm_wire_task *task);
 /* On OK *global points at the current global vector (P floats) to stream out. */
 int fm_fedsrv_pull(fm_fedsrv *s, const char *bearer, const fm_wire_ref *r, const float **global);
 
-/* A push in progress: header, chunks, end. Nothing reaches the round before fm_fedsrv_push_end succeeds. */
+/* A push in progress: header, chunks, end. Nothing reaches the round before fm_fedsrv_push_end succeeds, so a
+ * push abandoned midway (fm_fedsrv_push_free) leaves no trace. Several may be in progress at once (rpc.c
+ * interleaves calls on one thread), each with its own staging vector of P floats: a chunk of a push whose round
+ * closed meanwhile is refused as stale (FAILED_PRECONDITION), and push_end checks the round and duplicates again,
+ * so of two streams of one site the first to end is taken and the other refused (ALREADY_EXISTS). */
 typedef struct fm_fedsrv_push fm_fedsrv_push;
 int fm_fedsrv_push_begin(fm_fedsrv *s, const char *bearer, const fm_wire_push_header *h, fm_fedsrv_push **out);
 int fm_fedsrv_push_chunk(fm_fedsrv *s, fm_fedsrv_push *p, const fm_wire_chunk *c);
@@ -88,7 +129,18 @@ int fm_fedsrv_round(const fm_fedsrv *s);
 int fm_fedsrv_done(const fm_fedsrv *s);
 /* 1 once every site that joined has been told DONE. */
 int fm_fedsrv_all_released(const fm_fedsrv *s);
-/* A failure of the strategy itself (FM_OK if none): the run cannot continue. */
+/* A failure of the strategy itself, of writing the state or of reading back a spilled update (FM_OK if none):
+ * the run cannot continue. */
 fm_status fm_fedsrv_fatal(const fm_fedsrv *s);
+/* The run id (the config's, or the resumed run's). */
+const char *fm_fedsrv_run_id(const fm_fedsrv *s);
+/* The finished rounds' log, rounds 1 .. n (n = the last finished round), including those of a resumed run. */
+const fm_fedsrv_round_log *fm_fedsrv_history(const fm_fedsrv *s, int *n);
+/* Updates parked now: in RAM, and spilled to files. */
+void fm_fedsrv_parked(const fm_fedsrv *s, int *in_ram, int *spilled);
+
+/* The file names inside state_dir. */
+#define FM_FEDSRV_STATE_FILE "server-state.safetensors"
+#define FM_FEDSRV_PARK_DIR "parked"
 
 #endif

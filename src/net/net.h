@@ -13,6 +13,8 @@
 
 /* The gRPC receive limit both sides set: one chunk and its envelope fit, nothing near gRPC's 4 MiB default. */
 #define FM_NET_MAX_RECEIVE (2 * 1024 * 1024)
+/* Calls the server serves at once unless told otherwise (net.max_calls); one more is refused as busy. */
+#define FM_NET_MAX_CALLS 256
 
 /* Transport security (the config's net.tls_* keys). All paths are PEM files; NULL means not given. A server
  * uses TLS when cert_path and key_path are set; a client when ca_path or cert_path is set (no ca_path: gRPC's
@@ -32,19 +34,35 @@ int fm_net_tls_enabled(const fm_net_tls *t, int server);
  * before anything is dialled or bound: FM_ERR_CONFIG or FM_ERR_IO naming the key and the file. */
 fm_status fm_net_tls_check(const fm_net_tls *t, int server);
 
+/* Tensor payload bytes (TensorChunk data fields, as sent: after quantization and compression; not counting
+ * protobuf, gRPC or TLS framing), the server's count over the run: bytes_up of the pushes it accepted,
+ * bytes_down of the Pull chunks it sent. The same numbers `fedmm sim` reports for the same run. */
+typedef struct fm_net_traffic {
+    double bytes_up, bytes_down;
+} fm_net_traffic;
+
 typedef struct fm_net_server_options {
     const fm_net_tls *tls;                  /* NULL or not enabled: plaintext */
     const char *listen;                     /* "HOST:PORT"; port 0 picks a free one */
-    double call_timeout_s;                  /* a call that stalls this long is cancelled (default 60) */
+    double call_timeout_s;                  /* a call that makes no progress this long is cancelled (default 60) */
+    int max_calls;                          /* calls in flight at most (0: FM_NET_MAX_CALLS); beyond: busy */
+    int max_pushes;                         /* Pushes receiving at once, each with a staging vector of P floats
+                                               (0: no limit); more wait their turn, unread and not timed out */
     double release_grace_s;                 /* after the last round, how long to wait for every joined site to hear DONE
                                                (default 10) */
+    const fm_wire_codec *codec;             /* how Pull sends the global vector (NULL: float32, uncompressed) */
+    fm_net_traffic *traffic;                /* NULL, or counters the server adds its payload bytes to */
     void (*on_listen)(void *ctx, int port); /* called once the port is bound */
     void *ctx;
 } fm_net_server_options;
 
-/* Serves `srv` one call at a time until every round is finished and every site that joined has been told
- * DONE (or the grace period passed). FM_ERR_NETWORK if the address cannot be bound; the strategy's error if
- * aggregation failed. Bad calls get an error status and the server goes on serving. */
+/* Serves `srv` until every round is finished and every site that joined has been told DONE (or the grace period
+ * passed). Calls are served concurrently, interleaved on the calling thread (fedsrv needs no locks): each call in
+ * flight has its own state, so a slow or stalled stream holds only itself. A call that makes no progress (no
+ * message received or sent) for call_timeout_s is cancelled; a push it carried is discarded unseen by the round.
+ * Beyond max_calls calls in flight a new call is refused with RESOURCE_EXHAUSTED and asked to retry
+ * (fm_net_last_busy). FM_ERR_NETWORK if the address cannot be bound; the strategy's error if aggregation failed.
+ * Bad calls get an error status and the server goes on serving. */
 fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o);
 
 typedef struct fm_net_client fm_net_client;
@@ -55,11 +73,19 @@ fm_status fm_net_client_create(fm_net_client **out, const char *target, const ch
 fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
                                    const fm_net_tls *tls);
 void fm_net_client_destroy(fm_net_client *c);
+/* How Push sends updates (NULL: float32, uncompressed, the default). FM_ERR_CONFIG for an invalid codec. Pull
+ * takes whatever encoding the server sends: every chunk says its own. */
+fm_status fm_net_client_set_codec(fm_net_client *c, const fm_wire_codec *codec);
+/* Tensor payload bytes the last Push handed to gRPC (as sent: after quantization and compression). */
+double fm_net_last_push_bytes(const fm_net_client *c);
 /* The gRPC status code of the last call (0 OK, 14 UNAVAILABLE, 16 UNAUTHENTICATED, ...). */
 int fm_net_last_code(const fm_net_client *c);
 /* 1 when the last call failed in the connection's security handshake (bad or missing certificate, plaintext
  * against TLS): retrying will not help. */
 int fm_net_last_handshake_failed(const fm_net_client *c);
+/* 1 when the server refused the last call only because it was serving net.max_calls calls (RESOURCE_EXHAUSTED
+ * with the trailing metadata "fedmm-busy"): worth retrying after a back-off. */
+int fm_net_last_busy(const fm_net_client *c);
 
 fm_status fm_net_join(fm_net_client *c, const fm_wire_join *j, fm_wire_task *task);
 fm_status fm_net_heartbeat(fm_net_client *c, const fm_wire_ref *h, fm_wire_task *task);
@@ -73,5 +99,11 @@ fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const floa
 /* Sends n arbitrary messages (any bytes, e.g. garbage) to `method` ("/fedmm.Federation/Join", ...) and returns
  * the call's gRPC status code. For tests of the server's input handling. */
 int fm_net_call_raw(fm_net_client *c, const char *method, const fm_wire_buf *msgs, size_t n);
+/* The same, but after the n messages the call stalls: it sends nothing more and never half-closes, until the
+ * server ends it or stall_s seconds pass (then the client cancels it: CANCELLED). sent(ctx), unless NULL, is
+ * called once the messages are handed to gRPC and the server has sent its initial metadata (it has taken the
+ * call). For tests of stalled sites. */
+int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_buf *msgs, size_t n, double stall_s,
+                          void (*sent)(void *ctx), void *ctx);
 
 #endif

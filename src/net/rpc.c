@@ -1,6 +1,7 @@
-/* The gRPC C-core side of fedmm.Federation: the server's one-call-at-a-time serving loop and the site's calls.
- * Every wait on a completion queue has exactly one operation pending, so a completion is always the one
- * awaited; a stalled call is cancelled after call_timeout_s. */
+/* The gRPC C-core side of fedmm.Federation: the server's serving loop, which drives many calls at once on one
+ * thread (a state per call, advanced by its completions; a call that makes no progress for call_timeout_s is
+ * cancelled), and the site's calls, each of which waits on its own completion queue with exactly one operation
+ * pending, so a completion is always the one awaited. */
 #include "net/net.h"
 
 #include <grpc/byte_buffer.h>
@@ -10,6 +11,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,16 +218,69 @@ fm_status fm_net_tls_check(const fm_net_tls *t, int server)
 
 /* ---- server --------------------------------------------------------------------------------------- */
 
+/* Many calls are in flight at once, all driven by this one thread: each call has its own state and at most one
+ * batch pending, tagged with the call itself, and every completion moves that call one step on. fedsrv is only
+ * entered from here, so it needs no locks, and a slow or stalled stream holds nothing but its own call. */
+typedef enum call_state {
+    CALL_REQUESTED,  /* waiting for a client (grpc_server_request_call) */
+    CALL_QUEUED,     /* Push: admitted, waiting for one of max_pushes receiving slots; nothing pending */
+    CALL_RECV_FIRST, /* initial metadata out, the request (Push: its first message) coming in */
+    CALL_PUSH_RECV,  /* Push: the next message coming in */
+    CALL_PULL_SEND,  /* Pull: a chunk going out */
+    CALL_REPLY_SEND, /* the one reply of Join, Heartbeat or Push going out */
+    CALL_STATUS      /* the status going out; the call ends when it completes */
+} call_state;
+
+typedef enum call_method { M_UNKNOWN, M_JOIN, M_HEARTBEAT, M_PULL, M_PUSH } call_method;
+
 typedef struct srv_call {
+    struct srv_call *prev, *next; /* the server's calls */
+    struct srv_call *qnext;       /* the Pushes waiting for a slot */
+    call_state state;
     grpc_call *call;
     grpc_call_details details;
     grpc_metadata_array md;
+    char method_name[64];
+    call_method method;
+    char who[32]; /* " (site k)" once a message named the site, for the log */
+    char token[FM_WIRE_TOKEN_MAX + 1];
+    const char *bearer; /* token, or NULL when the call carried none */
+    int admitted;       /* counted against max_calls */
+    int push_slot;      /* holds one of max_pushes */
+    int timed_out;      /* cancelled for making no progress */
+    double progress_at; /* when a batch of it last completed (fm_now_seconds) */
+    grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *send_bb;
+    fm_fedsrv_push *push; /* Push: after an accepted header; nothing of it is in the round before push_end */
+    double push_bytes;    /* Push: payload bytes received */
+    fm_tensor_tx tx;      /* Pull: the global vector going out */
+    int tx_open;
+    char pull_run[FM_WIRE_RUN_ID_MAX + 1]; /* tx stamps every chunk with it */
+    int64_t pull_round;
+    double chunk_bytes; /* Pull: payload bytes of the chunk in flight */
+    char detail[512];   /* the reason of a refusal */
+    grpc_slice detail_slice;
+    grpc_metadata trailer; /* "fedmm-busy" on a refusal for load */
+    size_t n_trailers;
+    int cancelled; /* RECV_CLOSE_ON_SERVER's answer */
 } srv_call;
 
 typedef struct server {
     fm_fedsrv *srv;
+    grpc_server *gs;
     grpc_completion_queue *cq;
     double timeout_s;
+    int max_calls;
+    const fm_wire_codec *codec; /* Pull's encoding (NULL: float32) */
+    fm_net_traffic *traffic;    /* NULL: not counted */
+    srv_call *calls;            /* every call, the requested one included */
+    srv_call *requested;        /* the one waiting for a client, or NULL */
+    int n_admitted;
+    int max_pushes, n_pushing; /* Pushes receiving at once: each holds a staging vector of P floats */
+    srv_call *queue, *queue_tail;
+    long busy_refused;     /* calls refused for load, in all */
+    double busy_logged_at; /* the log says so at most once a second */
+    int stopping;          /* shutting down: only the replies on their way go on */
 } server;
 
 static int slice_is(grpc_slice s, const char *str)
@@ -254,179 +309,450 @@ static const char *bearer_of(const grpc_metadata_array *md, char *out, size_t ca
 
 static int decode_code(fm_status st) { return st == FM_ERR_RANGE ? 8 /* RESOURCE_EXHAUSTED */ : 3; }
 
-/* Receives the next message into *buf; *buf->data == NULL when the client half-closed. 0 on a failed receive. */
-static int recv_next(server *S, grpc_call *call, fm_wire_buf *buf)
+static srv_call *call_new(server *S)
 {
-    grpc_byte_buffer *bb = NULL;
+    srv_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    grpc_call_details_init(&c->details);
+    grpc_metadata_array_init(&c->md);
+    c->detail_slice = grpc_empty_slice();
+    c->next = S->calls;
+    if (S->calls)
+        S->calls->prev = c;
+    S->calls = c;
+    return c;
+}
+
+static void admit_queued(server *S);
+
+/* Only once no batch of the call is pending. */
+static void call_free(server *S, srv_call *c)
+{
+    if (c->state == CALL_QUEUED) {
+        srv_call **q = &S->queue, *before = NULL;
+        while (*q && *q != c) {
+            before = *q;
+            q = &(*q)->qnext;
+        }
+        if (*q)
+            *q = c->qnext;
+        if (S->queue_tail == c)
+            S->queue_tail = before;
+    }
+    const int had_slot = c->push_slot;
+    if (had_slot)
+        S->n_pushing--;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        S->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (S->requested == c)
+        S->requested = NULL;
+    if (c->admitted)
+        S->n_admitted--;
+    fm_fedsrv_push_free(c->push);
+    if (c->tx_open)
+        fm_tensor_tx_free(&c->tx);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
+    if (c->send_bb)
+        grpc_byte_buffer_destroy(c->send_bb);
+    if (c->call)
+        grpc_call_unref(c->call);
+    grpc_call_details_destroy(&c->details);
+    grpc_metadata_array_destroy(&c->md);
+    grpc_slice_unref(c->detail_slice);
+    free(c);
+    if (had_slot)
+        admit_queued(S);
+}
+
+/* Starts the call's next batch; a call gRPC will not take a batch from is dropped. */
+static void start(server *S, srv_call *c, const grpc_op *ops, size_t n, call_state next)
+{
+    c->state = next;
+    if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
+        FM_WARN("server: %s%s: gRPC refused a batch; the call is dropped", c->method_name, c->who);
+        grpc_call_cancel(c->call, NULL);
+        call_free(S, c);
+    }
+}
+
+/* Ends the call with `code` (its reason in c->detail). A push it carried is dropped unseen by the round. */
+static void finish(server *S, srv_call *c, int code)
+{
+    fm_fedsrv_push_free(c->push);
+    c->push = NULL;
+    grpc_slice_unref(c->detail_slice);
+    c->detail_slice = grpc_slice_from_copied_string(code ? c->detail : "");
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (c->state == CALL_REQUESTED) /* refused on arrival: nothing sent yet */
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = (grpc_status_code)code;
+    ops[n].data.send_status_from_server.status_details = &c->detail_slice;
+    ops[n].data.send_status_from_server.trailing_metadata_count = c->n_trailers;
+    ops[n].data.send_status_from_server.trailing_metadata = c->n_trailers ? &c->trailer : NULL;
+    n++;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+    n++;
+    start(S, c, ops, n, CALL_STATUS);
+}
+
+/* Ends the call with `code`, the reason being fm_last_error(); logged unless the call already was (timed out). */
+static void refuse(server *S, srv_call *c, int code)
+{
+    snprintf(c->detail, sizeof c->detail, "%s", fm_last_error());
+    if (!c->timed_out && !S->stopping)
+        FM_WARN("server: %s%s refused with status %d: %s", c->method_name, c->who, code, c->detail);
+    finish(S, c, code);
+}
+
+static void send_msg(server *S, srv_call *c, fm_wire_buf *out, call_state next)
+{
+    c->send_bb = make_bb(out);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = c->send_bb;
+    start(S, c, &op, 1, next);
+}
+
+static void recv_msg(server *S, srv_call *c, call_state next)
+{
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &bb;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    start(S, c, &op, 1, next);
+}
+
+/* The message the last RECV_MESSAGE delivered, copied into buf (buf->data NULL: the client half-closed). */
+static fm_status take_msg(srv_call *c, fm_wire_buf *buf)
+{
     buf->data = NULL;
     buf->len = 0;
-    if (!run_batch(call, S->cq, &op, 1, S->timeout_s))
-        return 0;
-    if (!bb)
-        return 1;
-    fm_status st = read_bb(bb, buf);
-    grpc_byte_buffer_destroy(bb);
-    return st == FM_OK ? 1 : 0;
+    if (!c->recv_bb)
+        return FM_OK;
+    fm_status st = read_bb(c->recv_bb, buf);
+    grpc_byte_buffer_destroy(c->recv_bb);
+    c->recv_bb = NULL;
+    return st;
 }
 
-/* Push: header, chunks, half-close. Returns the status code; *reply filled on OK. */
-static int serve_push(server *S, grpc_call *call, const char *bearer, fm_wire_buf *first, fm_wire_reply *reply)
+static void name_site(srv_call *c, int site) { snprintf(c->who, sizeof c->who, " (site %d)", site); }
+
+/* Join, Heartbeat: one request, one Task. */
+static void serve_task(server *S, srv_call *c, const fm_wire_buf *in)
 {
-    fm_fedsrv_push *p = NULL;
-    fm_wire_buf msg = *first;
-    first->data = NULL;
-    int code = 0;
-    for (;;) {
-        if (!msg.data) { /* half-close */
-            code = p ? fm_fedsrv_push_end(S->srv, p, reply)
-                     : (fm_error(FM_ERR_PARSE, "Push: the stream ended before its header"), FM_NET_INVALID_ARGUMENT);
-            break;
-        }
-        fm_wire_push_msg m;
-        fm_status st = fm_wire_decode_push(msg.data, msg.len, &m);
-        fm_wire_buf_free(&msg);
-        if (st != FM_OK) {
-            code = decode_code(st);
-            break;
-        }
-        if (m.is_header && !p)
-            code = fm_fedsrv_push_begin(S->srv, bearer, m.header, &p);
-        else if (!m.is_header && p)
-            code = fm_fedsrv_push_chunk(S->srv, p, &m.chunk);
-        else
-            code = (fm_error(FM_ERR_PARSE, p ? "Push: a second header" : "Push: a chunk before the header"),
-                    FM_NET_INVALID_ARGUMENT);
-        fm_wire_push_msg_free(&m);
-        if (code)
-            break;
-        if (!recv_next(S, call, &msg)) {
-            code = 1; /* CANCELLED: the client went away */
-            fm_error(FM_ERR_NETWORK, "Push: the stream broke off");
-            break;
-        }
+    fm_wire_task task;
+    int code;
+    if (c->method == M_JOIN) {
+        fm_wire_join j;
+        fm_status st = fm_wire_decode_join(in->data, in->len, &j);
+        if (st == FM_OK)
+            name_site(c, j.site);
+        code = st != FM_OK ? decode_code(st) : fm_fedsrv_join(S->srv, c->bearer, &j, &task);
+    } else {
+        fm_wire_ref h;
+        fm_status st = fm_wire_decode_ref(in->data, in->len, &h);
+        if (st == FM_OK)
+            name_site(c, h.site);
+        code = st != FM_OK ? decode_code(st) : fm_fedsrv_heartbeat(S->srv, c->bearer, &h, &task);
     }
-    fm_fedsrv_push_free(p);
-    return code;
+    fm_wire_buf out;
+    if (code == 0 && fm_wire_encode_task(&task, &out) != FM_OK)
+        code = FM_NET_INTERNAL;
+    if (code)
+        refuse(S, c, code);
+    else
+        send_msg(S, c, &out, CALL_REPLY_SEND);
 }
 
-static void handle_call(server *S, srv_call *c)
+/* Pull: the next chunk of the global vector, or the end. The vector changes only when its round closes, and
+ * every chunk is encoded (copied) just before it goes out, so a Pull whose round closed midway is refused
+ * rather than finished from another round's vector. */
+static void pull_next(server *S, srv_call *c)
 {
-    grpc_call *call = c->call;
-    char method[64] = "?";
-    size_t mlen = GRPC_SLICE_LENGTH(c->details.method);
-    if (mlen < sizeof method) {
-        memcpy(method, GRPC_SLICE_START_PTR(c->details.method), mlen);
-        method[mlen] = '\0';
+    if (fm_fedsrv_done(S->srv) || fm_fedsrv_round(S->srv) != c->pull_round) {
+        fm_error(FM_ERR_STATE, "stale round %lld: it closed while its global vector was being sent",
+                 (long long)c->pull_round);
+        refuse(S, c, FM_NET_FAILED_PRECONDITION);
+        return;
     }
-    char token[FM_WIRE_TOKEN_MAX + 1];
-    const char *bearer = bearer_of(&c->md, token, sizeof token);
+    fm_wire_chunk ch;
+    fm_wire_buf out;
+    const int more = fm_tensor_tx_next(&c->tx, &ch);
+    if (more == 0) {
+        finish(S, c, 0);
+        return;
+    }
+    if (more < 0 || fm_wire_encode_chunk(&ch, &out) != FM_OK) {
+        refuse(S, c, FM_NET_INTERNAL);
+        return;
+    }
+    c->chunk_bytes = (double)ch.payload_len;
+    send_msg(S, c, &out, CALL_PULL_SEND);
+}
 
-    grpc_byte_buffer *bb = NULL;
+static void serve_pull(server *S, srv_call *c, const fm_wire_buf *in)
+{
+    fm_wire_ref r;
+    const float *global = NULL;
+    fm_status st = fm_wire_decode_ref(in->data, in->len, &r);
+    if (st == FM_OK)
+        name_site(c, r.site);
+    const int code = st != FM_OK ? decode_code(st) : fm_fedsrv_pull(S->srv, c->bearer, &r, &global);
+    if (code) {
+        refuse(S, c, code);
+        return;
+    }
+    snprintf(c->pull_run, sizeof c->pull_run, "%s", r.run_id);
+    fm_tensor_tx_init(&c->tx, global, fm_fedsrv_blocks(S->srv), fm_fedsrv_num_blocks(S->srv), NULL, 0, c->pull_run,
+                      r.round, r.site);
+    fm_tensor_tx_set_codec(&c->tx, S->codec);
+    c->tx_open = 1;
+    c->pull_round = r.round;
+    pull_next(S, c);
+}
+
+/* Push: one message of the stream (header first, then chunks); then the next is asked for. */
+static void push_msg(server *S, srv_call *c, const fm_wire_buf *msg)
+{
+    fm_wire_push_msg m;
+    fm_status st = fm_wire_decode_push(msg->data, msg->len, &m);
+    if (st != FM_OK) {
+        refuse(S, c, decode_code(st));
+        return;
+    }
+    int code;
+    if (m.is_header && !c->push) {
+        name_site(c, m.header->site);
+        code = fm_fedsrv_push_begin(S->srv, c->bearer, m.header, &c->push);
+    } else if (!m.is_header && c->push) {
+        c->push_bytes += (double)m.chunk.payload_len;
+        code = fm_fedsrv_push_chunk(S->srv, c->push, &m.chunk);
+    } else {
+        code = (fm_error(FM_ERR_PARSE, c->push ? "Push: a second header" : "Push: a chunk before the header"),
+                FM_NET_INVALID_ARGUMENT);
+    }
+    fm_wire_push_msg_free(&m);
+    if (code)
+        refuse(S, c, code);
+    else
+        recv_msg(S, c, CALL_PUSH_RECV);
+}
+
+/* Push: the client half-closed. Only here does the update reach the round. */
+static void push_end(server *S, srv_call *c)
+{
+    fm_wire_reply reply;
+    /* counted before push_end, which may finish the round and report its traffic; taken back if refused */
+    if (S->traffic)
+        S->traffic->bytes_up += c->push_bytes;
+    const int code =
+        c->push ? fm_fedsrv_push_end(S->srv, c->push, &reply)
+                : (fm_error(FM_ERR_PARSE, "Push: the stream ended before its header"), FM_NET_INVALID_ARGUMENT);
+    if (code && S->traffic)
+        S->traffic->bytes_up -= c->push_bytes;
+    fm_fedsrv_push_free(c->push);
+    c->push = NULL;
+    fm_wire_buf out;
+    if (code)
+        refuse(S, c, code);
+    else if (fm_wire_encode_reply(&reply, &out) != FM_OK)
+        refuse(S, c, FM_NET_INTERNAL);
+    else
+        send_msg(S, c, &out, CALL_REPLY_SEND);
+}
+
+static void begin_receiving(server *S, srv_call *c)
+{
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[1].op = GRPC_OP_RECV_MESSAGE;
-    ops[1].data.recv_message.recv_message = &bb;
-    int code = 0;
-    fm_clear_error();
-    fm_wire_buf in = {0}, out = {0};
-    if (!run_batch(call, S->cq, ops, 2, S->timeout_s)) {
-        code = 8; /* the first receive failed: oversized (RESOURCE_EXHAUSTED) or cancelled */
-        fm_error(FM_ERR_RANGE, "%s: the request could not be received (too large, or cancelled)", method);
-    } else if (!bb) {
-        code = 3;
-        fm_error(FM_ERR_PARSE, "%s: no request message", method);
-    } else {
-        fm_status st = read_bb(bb, &in);
-        grpc_byte_buffer_destroy(bb);
-        if (st != FM_OK)
-            code = decode_code(st);
-    }
-    int sent_ok = 1;
-    if (code == 0) {
-        if (strcmp(method, METHOD_JOIN) == 0 || strcmp(method, METHOD_HEARTBEAT) == 0) {
-            fm_wire_task task;
-            fm_status st;
-            if (strcmp(method, METHOD_JOIN) == 0) {
-                fm_wire_join j;
-                st = fm_wire_decode_join(in.data, in.len, &j);
-                code = st != FM_OK ? decode_code(st) : fm_fedsrv_join(S->srv, bearer, &j, &task);
-            } else {
-                fm_wire_ref h;
-                st = fm_wire_decode_ref(in.data, in.len, &h);
-                code = st != FM_OK ? decode_code(st) : fm_fedsrv_heartbeat(S->srv, bearer, &h, &task);
-            }
-            if (code == 0 && fm_wire_encode_task(&task, &out) == FM_OK)
-                sent_ok = send_buf(call, S->cq, &out, S->timeout_s);
-        } else if (strcmp(method, METHOD_PULL) == 0) {
-            fm_wire_ref r;
-            const float *global = NULL;
-            fm_status st = fm_wire_decode_ref(in.data, in.len, &r);
-            code = st != FM_OK ? decode_code(st) : fm_fedsrv_pull(S->srv, bearer, &r, &global);
-            if (code == 0) {
-                fm_tensor_tx tx;
-                fm_wire_chunk ch;
-                fm_tensor_tx_init(&tx, global, fm_fedsrv_blocks(S->srv), fm_fedsrv_num_blocks(S->srv), NULL, 0,
-                                  r.run_id, r.round, r.site);
-                while (sent_ok && fm_tensor_tx_next(&tx, &ch)) {
-                    if (fm_wire_encode_chunk(&ch, &out) != FM_OK) {
-                        code = 13;
-                        break;
-                    }
-                    sent_ok = send_buf(call, S->cq, &out, S->timeout_s);
-                }
-            }
-        } else if (strcmp(method, METHOD_PUSH) == 0) {
-            fm_wire_reply reply;
-            code = serve_push(S, call, bearer, &in, &reply);
-            if (code == 0 && fm_wire_encode_reply(&reply, &out) == FM_OK)
-                sent_ok = send_buf(call, S->cq, &out, S->timeout_s);
-        } else {
-            code = 12; /* UNIMPLEMENTED */
-            fm_error(FM_ERR_UNSUPPORTED, "unknown method %s", method);
-        }
-    }
-    fm_wire_buf_free(&in);
-    fm_wire_buf_free(&out);
-    if (code)
-        FM_WARN("server: %s refused with status %d: %s", method, code, fm_last_error());
-    if (!sent_ok) {
-        grpc_call_cancel(call, NULL);
-        FM_WARN("server: %s: sending the reply failed (client gone?)", method);
-    }
-    char detail[512];
-    snprintf(detail, sizeof detail, "%s", code ? fm_last_error() : "");
-    grpc_slice details = grpc_slice_from_copied_string(detail);
-    int cancelled = 0;
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[0].data.send_status_from_server.status = (grpc_status_code)code;
-    ops[0].data.send_status_from_server.status_details = &details;
-    ops[1].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[1].data.recv_close_on_server.cancelled = &cancelled;
-    run_batch(call, S->cq, ops, 2, S->timeout_s);
-    grpc_slice_unref(details);
+    ops[1].data.recv_message.recv_message = &c->recv_bb;
+    start(S, c, ops, 2, CALL_RECV_FIRST);
 }
 
-static void reset_call(srv_call *c)
+/* Starts the waiting Pushes, oldest first, while receiving slots are free. A waiting Push is not timed out: it
+ * waits on the server, not on its site (whose own call deadline still applies). */
+static void admit_queued(server *S)
 {
-    if (c->call)
-        grpc_call_unref(c->call);
-    c->call = NULL;
-    grpc_call_details_destroy(&c->details);
-    grpc_metadata_array_destroy(&c->md);
-    grpc_call_details_init(&c->details);
-    grpc_metadata_array_init(&c->md);
+    while (!S->stopping && S->queue && S->n_pushing < S->max_pushes) {
+        srv_call *c = S->queue;
+        S->queue = c->qnext;
+        if (!S->queue)
+            S->queue_tail = NULL;
+        c->qnext = NULL;
+        c->push_slot = 1;
+        S->n_pushing++;
+        c->progress_at = fm_now_seconds();
+        begin_receiving(S, c);
+    }
+}
+
+/* A new call: refused when max_calls are in flight, else its request (or first message) is asked for; a Push
+ * only once it has a receiving slot (max_pushes bounds the staging vectors held at once). */
+static void on_new(server *S, srv_call *c)
+{
+    size_t mlen = GRPC_SLICE_LENGTH(c->details.method);
+    snprintf(c->method_name, sizeof c->method_name, "?");
+    if (mlen < sizeof c->method_name) {
+        memcpy(c->method_name, GRPC_SLICE_START_PTR(c->details.method), mlen);
+        c->method_name[mlen] = '\0';
+    }
+    c->method = strcmp(c->method_name, METHOD_JOIN) == 0        ? M_JOIN
+                : strcmp(c->method_name, METHOD_HEARTBEAT) == 0 ? M_HEARTBEAT
+                : strcmp(c->method_name, METHOD_PULL) == 0      ? M_PULL
+                : strcmp(c->method_name, METHOD_PUSH) == 0      ? M_PUSH
+                                                                : M_UNKNOWN;
+    c->bearer = bearer_of(&c->md, c->token, sizeof c->token);
+    if (S->n_admitted >= S->max_calls) {
+        snprintf(c->detail, sizeof c->detail, "server busy: %d calls in flight (net.max_calls); retry later",
+                 S->n_admitted);
+        c->trailer.key = grpc_slice_from_static_string("fedmm-busy");
+        c->trailer.value = grpc_slice_from_static_string("1");
+        c->n_trailers = 1;
+        S->busy_refused++;
+        if (c->progress_at - S->busy_logged_at >= 1.0) {
+            FM_WARN("server: busy: %d calls in flight (net.max_calls); new calls are refused with status 8 "
+                    "(%ld so far)",
+                    S->n_admitted, S->busy_refused);
+            S->busy_logged_at = c->progress_at;
+        }
+        finish(S, c, 8 /* RESOURCE_EXHAUSTED */);
+        return;
+    }
+    c->admitted = 1;
+    S->n_admitted++;
+    if (c->method == M_PUSH) { /* its turn comes when a receiving slot is free */
+        c->state = CALL_QUEUED;
+        if (S->queue_tail)
+            S->queue_tail->qnext = c;
+        else
+            S->queue = c;
+        S->queue_tail = c;
+        admit_queued(S);
+        return;
+    }
+    begin_receiving(S, c);
+}
+
+static void on_first(server *S, srv_call *c, int success)
+{
+    if (!success) {
+        fm_error(FM_ERR_RANGE, "%s: the request could not be received (too large, or cancelled)", c->method_name);
+        refuse(S, c, 8 /* RESOURCE_EXHAUSTED */);
+        return;
+    }
+    fm_wire_buf in;
+    fm_status st = take_msg(c, &in);
+    if (st != FM_OK) {
+        refuse(S, c, decode_code(st));
+        return;
+    }
+    if (!in.data) {
+        fm_error(FM_ERR_PARSE, "%s: no request message", c->method_name);
+        refuse(S, c, FM_NET_INVALID_ARGUMENT);
+        return;
+    }
+    switch (c->method) {
+    case M_JOIN:
+    case M_HEARTBEAT: serve_task(S, c, &in); break;
+    case M_PULL: serve_pull(S, c, &in); break;
+    case M_PUSH: push_msg(S, c, &in); break;
+    default: fm_error(FM_ERR_UNSUPPORTED, "unknown method %s", c->method_name); refuse(S, c, 12 /* UNIMPLEMENTED */);
+    }
+    fm_wire_buf_free(&in);
+}
+
+static void on_push_recv(server *S, srv_call *c, int success)
+{
+    fm_wire_buf in;
+    fm_status st = success ? take_msg(c, &in) : FM_OK;
+    if (!success) {
+        fm_error(FM_ERR_NETWORK, "Push: the stream broke off");
+        refuse(S, c, 1 /* CANCELLED: the client went away, or the call timed out */);
+    } else if (st != FM_OK) {
+        refuse(S, c, decode_code(st));
+    } else if (!in.data) {
+        push_end(S, c);
+    } else {
+        push_msg(S, c, &in);
+        fm_wire_buf_free(&in);
+    }
+}
+
+static void on_sent(server *S, srv_call *c, int success)
+{
+    grpc_byte_buffer_destroy(c->send_bb);
+    c->send_bb = NULL;
+    if (!success) {
+        if (!c->timed_out && !S->stopping)
+            FM_WARN("server: %s%s: sending the reply failed (client gone?)", c->method_name, c->who);
+        grpc_call_cancel(c->call, NULL);
+        snprintf(c->detail, sizeof c->detail, "sending the reply failed");
+        finish(S, c, 1 /* CANCELLED */);
+    } else if (c->state == CALL_PULL_SEND) {
+        if (S->traffic)
+            S->traffic->bytes_down += c->chunk_bytes;
+        pull_next(S, c);
+    } else {
+        finish(S, c, 0);
+    }
+}
+
+/* One completion of call c: the step its state says. While the server stops, only the replies already on their
+ * way go on; every other call ends without reaching fedsrv. */
+static void step(server *S, srv_call *c, int success)
+{
+    c->progress_at = fm_now_seconds();
+    fm_clear_error();
+    if (c->state == CALL_REQUESTED && (!success || S->stopping)) {
+        if (success) /* matched just as the server stopped: nothing was sent on it */
+            grpc_call_cancel(c->call, NULL);
+        call_free(S, c);
+        return;
+    }
+    if (S->stopping && c->state != CALL_REPLY_SEND)
+        success = 0;
+    switch (c->state) {
+    case CALL_REQUESTED: on_new(S, c); break;
+    case CALL_RECV_FIRST: on_first(S, c, success); break;
+    case CALL_PUSH_RECV: on_push_recv(S, c, success); break;
+    case CALL_PULL_SEND:
+    case CALL_REPLY_SEND: on_sent(S, c, success); break;
+    case CALL_STATUS: call_free(S, c); break;
+    case CALL_QUEUED: break; /* has no batch pending, so no completion */
+    }
+}
+
+/* Cancels the calls that made no progress for timeout_s; each one's pending batch then fails and ends it. */
+static void expire(server *S, double now)
+{
+    for (srv_call *c = S->calls; c; c = c->next) {
+        if (c->state == CALL_REQUESTED || c->state == CALL_QUEUED || c->timed_out ||
+            now - c->progress_at <= S->timeout_s)
+            continue;
+        c->timed_out = 1;
+        FM_WARN("server: %s%s cancelled: no progress for %g s (net.call_timeout_s)%s", c->method_name, c->who,
+                S->timeout_s, c->push ? "; its partial push is discarded" : "");
+        grpc_call_cancel(c->call, NULL);
+    }
 }
 
 fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
 {
-    static const int tag_new_storage = 0, tag_shutdown_storage = 0;
-    void *tag_new = (void *)&tag_new_storage, *tag_shutdown = (void *)&tag_shutdown_storage;
+    static const int tag_shutdown_storage = 0;
+    void *tag_shutdown = (void *)&tag_shutdown_storage;
     grpc_init();
     grpc_arg args[1];
     grpc_channel_args ca;
@@ -456,11 +782,7 @@ fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
     int port = creds ? grpc_server_add_http2_port(gs, o->listen, creds) : 0;
     if (creds)
         grpc_server_credentials_release(creds);
-    int started = 0, requested = 0;
-    srv_call c;
-    memset(&c, 0, sizeof c);
-    grpc_call_details_init(&c.details);
-    grpc_metadata_array_init(&c.md);
+    int started = 0;
     if (result != FM_OK) {
         /* the credentials failed; nothing was bound */
     } else if (port == 0) {
@@ -475,59 +797,92 @@ fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
         if (o->on_listen)
             o->on_listen(o->ctx, port);
     }
-    server S = {.srv = srv, .cq = cq, .timeout_s = o->call_timeout_s > 0 ? o->call_timeout_s : 60.0};
+    server S = {.srv = srv,
+                .gs = gs,
+                .cq = cq,
+                .timeout_s = o->call_timeout_s > 0 ? o->call_timeout_s : 60.0,
+                .max_calls = o->max_calls > 0 ? o->max_calls : FM_NET_MAX_CALLS,
+                .max_pushes = o->max_pushes > 0 ? o->max_pushes : INT_MAX,
+                .codec = o->codec,
+                .traffic = o->traffic,
+                .busy_logged_at = -1e9};
     const double grace = o->release_grace_s > 0 ? o->release_grace_s : 10.0;
-    double done_at = -1.0;
+    double done_at = -1.0, expired_at = 0.0;
     while (started) {
-        if (!requested) {
-            if (grpc_server_request_call(gs, &c.call, &c.details, &c.md, cq, cq, tag_new) != GRPC_CALL_OK) {
+        if (!S.requested) { /* always one call requested: a new client never waits for a call in flight */
+            srv_call *c = call_new(&S);
+            if (c && grpc_server_request_call(gs, &c->call, &c->details, &c->md, cq, cq, c) == GRPC_CALL_OK) {
+                S.requested = c;
+            } else {
+                if (c)
+                    call_free(&S, c);
                 result = fm_error(FM_ERR_NETWORK, "server: cannot request calls");
                 break;
             }
-            requested = 1;
         }
         grpc_event ev = grpc_completion_queue_next(cq, after(0.2), NULL);
-        if (ev.type == GRPC_OP_COMPLETE && ev.tag == tag_new) {
-            requested = 0;
-            if (ev.success)
-                handle_call(&S, &c);
-            reset_call(&c);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            srv_call *c = ev.tag;
+            if (c == S.requested)
+                S.requested = NULL;
+            step(&S, c, ev.success);
         }
-        (void)fm_fedsrv_poll(srv, fm_now_seconds()); /* a failure is kept as the server's fatal status */
+        const double now = fm_now_seconds();
+        if (now - expired_at >= 0.1) {
+            expire(&S, now);
+            expired_at = now;
+        }
+        (void)fm_fedsrv_poll(srv, now); /* a failure is kept as the server's fatal status */
         if (fm_fedsrv_fatal(srv) != FM_OK) {
             result = fm_fedsrv_fatal(srv);
             break;
         }
         if (fm_fedsrv_done(srv)) {
-            double now = fm_now_seconds();
             if (done_at < 0)
                 done_at = now;
             if (fm_fedsrv_all_released(srv) || now - done_at > grace)
                 break;
         }
     }
-    /* shut down: fail the pending request, wait for the server's notification, then drain the queue */
+    /* shut down: no new calls; the replies on their way go out (the last site's DONE may be one of them), every
+     * other call is cancelled; after 5 s whatever is left is cancelled too. Then drain the queue. */
+    S.stopping = 1;
     grpc_server_shutdown_and_notify(gs, cq, tag_shutdown);
-    grpc_server_cancel_all_calls(gs);
-    int shut = 0;
-    while (!shut || requested) {
-        grpc_event ev = grpc_completion_queue_next(cq, after(10.0), NULL);
-        if (ev.type == GRPC_QUEUE_TIMEOUT)
+    while (S.queue) { /* nothing pending on them */
+        grpc_call_cancel(S.queue->call, NULL);
+        call_free(&S, S.queue);
+    }
+    for (srv_call *c = S.calls; c; c = c->next)
+        if (c->state != CALL_REQUESTED && c->state != CALL_REPLY_SEND && c->state != CALL_STATUS)
+            grpc_call_cancel(c->call, NULL);
+    const double stop_at = fm_now_seconds();
+    int shut = 0, forced = 0;
+    while (!shut || S.calls) {
+        grpc_event ev = grpc_completion_queue_next(cq, after(0.2), NULL);
+        const double waited = fm_now_seconds() - stop_at;
+        if (!forced && waited > 5.0) {
+            grpc_server_cancel_all_calls(gs);
+            forced = 1;
+        }
+        if (forced && waited > 15.0)
             break;
         if (ev.type == GRPC_OP_COMPLETE && ev.tag == tag_shutdown)
             shut = 1;
-        if (ev.type == GRPC_OP_COMPLETE && ev.tag == tag_new) {
-            requested = 0;
-            reset_call(&c);
-        }
+        else if (ev.type == GRPC_OP_COMPLETE)
+            step(&S, ev.tag, ev.success);
     }
     grpc_server_destroy(gs);
     grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type == GRPC_OP_COMPLETE && ev.tag != tag_shutdown)
+            call_free(&S, ev.tag); /* no batch may start on a queue that shuts down */
     }
     grpc_completion_queue_destroy(cq);
-    grpc_call_details_destroy(&c.details);
-    grpc_metadata_array_destroy(&c.md);
+    while (S.calls) /* none should be left: every batch has completed */
+        call_free(&S, S.calls);
     grpc_shutdown();
     return result;
 }
@@ -541,6 +896,9 @@ struct fm_net_client {
     double timeout_s;
     int last_code;
     int handshake_failed;
+    int busy;               /* the last call was refused for load ("fedmm-busy") */
+    fm_wire_codec codec;    /* Push's encoding */
+    double last_push_bytes; /* payload bytes of the last Push */
 };
 
 fm_status fm_net_client_create(fm_net_client **out, const char *target, const char *token, double call_timeout_s)
@@ -567,18 +925,31 @@ fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, cons
     grpc_init();
     snprintf(c->bearer, sizeof c->bearer, "Bearer %s", token);
     c->timeout_s = call_timeout_s > 0 ? call_timeout_s : 60.0;
-    grpc_arg args[2];
+    grpc_arg args[4];
     grpc_channel_args ca;
     limit_args(args, &ca);
+    /* gRPC's own reconnection back-off grows to 120 s, so a channel that lost its server would keep failing
+     * calls fast long after the server came back (--resume): cap it near the site's own back-off (client.c).
+     * GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the connection attempt's timeout */
+    static const struct {
+        const char *key;
+        int ms;
+    } kReconnect[] = {{GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100}, {GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000}};
+    for (size_t i = 0; i < sizeof kReconnect / sizeof kReconnect[0]; i++) {
+        args[ca.num_args].type = GRPC_ARG_INTEGER;
+        args[ca.num_args].key = (char *)kReconnect[i].key;
+        args[ca.num_args].value.integer = kReconnect[i].ms;
+        ca.num_args++;
+    }
     grpc_channel_credentials *creds = NULL;
     if (secure) {
         grpc_ssl_pem_key_cert_pair pair = {.private_key = p.key, .cert_chain = p.cert};
         creds = grpc_ssl_credentials_create(p.ca, p.cert ? &pair : NULL, NULL, NULL); /* copies the texts */
         if (tls->server_name) {
-            args[1].type = GRPC_ARG_STRING;
-            args[1].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-            args[1].value.string = (char *)tls->server_name; /* gRPC copies channel args */
-            ca.num_args = 2;
+            args[ca.num_args].type = GRPC_ARG_STRING;
+            args[ca.num_args].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+            args[ca.num_args].value.string = (char *)tls->server_name; /* gRPC copies channel args */
+            ca.num_args++;
         }
     } else {
         creds = grpc_insecure_credentials_create();
@@ -611,7 +982,28 @@ void fm_net_client_destroy(fm_net_client *c)
 
 int fm_net_last_code(const fm_net_client *c) { return c->last_code; }
 
+double fm_net_last_push_bytes(const fm_net_client *c) { return c->last_push_bytes; }
+
+fm_status fm_net_client_set_codec(fm_net_client *c, const fm_wire_codec *codec)
+{
+    const fm_wire_codec plain = {FM_WIRE_F32, FM_WIRE_RAW, 0};
+    FM_TRY(fm_wire_codec_check(codec ? codec : &plain));
+    c->codec = codec ? *codec : plain;
+    return FM_OK;
+}
+
 int fm_net_last_handshake_failed(const fm_net_client *c) { return c->handshake_failed; }
+
+int fm_net_last_busy(const fm_net_client *c) { return c->busy; }
+
+/* 1 when the server's trailing metadata says it refused the call for load only. */
+static int says_busy(const grpc_metadata_array *trailing)
+{
+    for (size_t i = 0; i < trailing->count; i++)
+        if (slice_is(trailing->metadata[i].key, "fedmm-busy"))
+            return 1;
+    return 0;
+}
 
 /* One call: produce() yields the messages to send (1 per message, 0 at the end, -1 on a local error), consume()
  * takes each received message. */
@@ -709,10 +1101,11 @@ static fm_status client_call(fm_net_client *c, const char *method, produce_fn pr
      * A server not up refuses the connection. One that accepts it and closes it at once ("Socket closed" while
      * connecting) is up but rejects this transport: plaintext against TLS, or (TLS 1.3, where the client
      * finishes its side first) a client certificate the server refused. */
-    c->handshake_failed = status == GRPC_STATUS_UNAVAILABLE &&
+    c->handshake_failed = status == GRPC_STATUS_UNAVAILABLE && !strstr(detail, "tcp handshaker shutdown") &&
                           (strstr(detail, "andshake") || strstr(detail, "SSL") || strstr(detail, "ssl") ||
                            (strstr(detail, "failed to connect") && strstr(detail, "Socket closed")) ||
                            (error_string && (strstr(error_string, "andshake") || strstr(error_string, "SSL"))));
+    c->busy = status == GRPC_STATUS_RESOURCE_EXHAUSTED && says_busy(&trailing);
     if (error_string)
         gpr_free((void *)error_string);
     grpc_metadata_array_destroy(&trailing);
@@ -837,6 +1230,7 @@ typedef struct push_ctx {
     fm_tensor_tx tx;
     fm_wire_reply *reply;
     int got;
+    double bytes; /* payload bytes handed to gRPC */
 } push_ctx;
 
 static int push_produce(void *ctx, fm_wire_buf *out)
@@ -847,8 +1241,10 @@ static int push_produce(void *ctx, fm_wire_buf *out)
         return fm_wire_encode_push_header(p->h, out) == FM_OK ? 1 : -1;
     }
     fm_wire_chunk ch;
-    if (!fm_tensor_tx_next(&p->tx, &ch))
-        return 0;
+    const int more = fm_tensor_tx_next(&p->tx, &ch);
+    if (more <= 0)
+        return more;
+    p->bytes += (double)ch.payload_len;
     return fm_wire_encode_push_chunk(&ch, out) == FM_OK ? 1 : -1;
 }
 
@@ -866,7 +1262,11 @@ fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const floa
 {
     push_ctx p = {.h = h, .reply = reply};
     fm_tensor_tx_init(&p.tx, delta, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round, h->site);
-    FM_TRY(client_call(c, METHOD_PUSH, push_produce, push_consume, &p));
+    fm_tensor_tx_set_codec(&p.tx, &c->codec);
+    fm_status st = client_call(c, METHOD_PUSH, push_produce, push_consume, &p);
+    fm_tensor_tx_free(&p.tx);
+    c->last_push_bytes = p.bytes;
+    FM_TRY(st);
     if (!p.got || !reply->accepted)
         return fm_error(FM_ERR_NETWORK, "Push: the server did not accept the update");
     return FM_OK;
@@ -902,5 +1302,60 @@ int fm_net_call_raw(fm_net_client *c, const char *method, const fm_wire_buf *msg
 {
     raw_ctx r = {.msgs = msgs, .n = n};
     (void)client_call(c, method, raw_produce, raw_consume, &r);
+    return c->last_code;
+}
+
+int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_buf *msgs, size_t n, double stall_s,
+                          void (*sent)(void *ctx), void *ctx)
+{
+    grpc_slice mslice = grpc_slice_from_copied_string(method);
+    grpc_call *call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, mslice, NULL,
+                                               gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_slice_unref(mslice);
+    grpc_metadata md;
+    memset(&md, 0, sizeof md);
+    md.key = grpc_slice_from_static_string("authorization");
+    md.value = grpc_slice_from_copied_string(c->bearer);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = 1;
+    ops[0].data.send_initial_metadata.metadata = &md;
+    int ok = run_batch(call, c->cq, ops, 1, c->timeout_s);
+    for (size_t i = 0; ok && i < n; i++) {
+        fm_wire_buf b = {.data = malloc(msgs[i].len ? msgs[i].len : 1), .len = msgs[i].len};
+        if (!b.data)
+            break;
+        memcpy(b.data, msgs[i].data, msgs[i].len);
+        ok = send_buf(call, c->cq, &b, c->timeout_s);
+    }
+    /* the server's initial metadata: it has taken the call */
+    grpc_metadata_array imd, trailing;
+    grpc_metadata_array_init(&imd);
+    grpc_metadata_array_init(&trailing);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &imd;
+    (void)run_batch(call, c->cq, ops, 1, c->timeout_s);
+    if (sent)
+        sent(ctx);
+    /* stalled: nothing more is sent and the client's side stays open until the server ends the call (or stall_s
+     * passes and the wait below cancels it) */
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &trailing;
+    ops[0].data.recv_status_on_client.status = &status;
+    ops[0].data.recv_status_on_client.status_details = &details;
+    (void)run_batch(call, c->cq, ops, 1, stall_s); /* on timeout: cancelled, status CANCELLED */
+    c->last_code = (int)status;
+    c->busy = status == GRPC_STATUS_RESOURCE_EXHAUSTED && says_busy(&trailing);
+    c->handshake_failed = 0;
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&imd);
+    grpc_metadata_array_destroy(&trailing);
+    grpc_slice_unref(md.value);
+    grpc_call_unref(call);
     return c->last_code;
 }

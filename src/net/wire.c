@@ -155,8 +155,19 @@ static fm_status fill_chunk(Fedmm__TensorChunk *r, const fm_wire_chunk *m)
     r->tensor = m->tensor;
     r->numel = m->numel;
     r->offset = m->offset;
-    r->data.len = m->count * sizeof(float); /* float32 little-endian: the hosts fedmm runs on */
-    r->data.data = (uint8_t *)m->data;
+    r->count = (uint32_t)m->count;
+    if (m->payload) {
+        r->data.len = m->payload_len;
+        r->data.data = (uint8_t *)m->payload;
+        r->encoding = (Fedmm__Encoding)m->encoding;
+        r->compression = (Fedmm__Compression)m->compression;
+    } else { /* the values as float32 little-endian: the hosts fedmm runs on */
+        if (m->encoding != FM_WIRE_F32 || m->compression != FM_WIRE_RAW)
+            return fm_error(FM_ERR_INVALID_ARG, "wire: a %s/%s chunk without its payload",
+                            fm_wire_encoding_name(m->encoding), fm_wire_compression_name(m->compression));
+        r->data.len = m->count * sizeof(float);
+        r->data.data = (uint8_t *)m->data;
+    }
     r->crc32c = m->crc32c;
     return FM_OK;
 }
@@ -265,6 +276,9 @@ fm_status fm_wire_decode_ref(const uint8_t *buf, size_t len, fm_wire_ref *out)
     return st;
 }
 
+/* Checks a chunk and decodes its values. The sizes are checked before anything is allocated or decompressed:
+ * count within 1..FM_WIRE_CHUNK_FLOATS and numel, then the payload against count and encoding
+ * (fm_wire_decode_payload). On FM_OK out->payload points into r, which the caller keeps alive in out->msg. */
 static fm_status take_chunk(const Fedmm__TensorChunk *r, fm_wire_chunk *out)
 {
     memset(out, 0, sizeof *out);
@@ -275,28 +289,44 @@ static fm_status take_chunk(const Fedmm__TensorChunk *r, fm_wire_chunk *out)
     out->numel = r->numel;
     out->offset = r->offset;
     out->crc32c = r->crc32c;
-    size_t bytes = r->data.len;
-    if (bytes == 0 || bytes % sizeof(float) != 0 || bytes / sizeof(float) > FM_WIRE_CHUNK_FLOATS)
-        return fm_error(FM_ERR_SHAPE, "TensorChunk: %zu data bytes (want a whole number of floats, 1..%u of them)",
-                        bytes, FM_WIRE_CHUNK_FLOATS);
-    size_t count = bytes / sizeof(float);
+    const int enc = (int)r->encoding, comp = (int)r->compression;
+    if (enc != FM_WIRE_F32 && enc != FM_WIRE_BF16 && enc != FM_WIRE_INT8)
+        return fm_error(FM_ERR_PARSE, "TensorChunk: unknown encoding %d", enc);
+    if (comp != FM_WIRE_RAW && comp != FM_WIRE_ZSTD)
+        return fm_error(FM_ERR_PARSE, "TensorChunk: unknown compression %d", comp);
+    const size_t count = r->count;
+    if (count == 0 || count > FM_WIRE_CHUNK_FLOATS)
+        return fm_error(FM_ERR_SHAPE, "TensorChunk: count %zu (want 1..%u values)", count, FM_WIRE_CHUNK_FLOATS);
     if (r->offset > r->numel || count > r->numel - r->offset)
-        return fm_error(FM_ERR_SHAPE, "TensorChunk: %zu floats at offset %llu run past numel %llu", count,
+        return fm_error(FM_ERR_SHAPE, "TensorChunk: %zu values at offset %llu run past numel %llu", count,
                         (unsigned long long)r->offset, (unsigned long long)r->numel);
-    float *data = malloc(bytes);
+    out->encoding = (fm_wire_encoding)enc;
+    out->compression = (fm_wire_compression)comp;
+    float *data = malloc(count * sizeof(float));
     if (!data)
         return fm_error(FM_ERR_NO_MEMORY, "TensorChunk: out of memory");
-    memcpy(data, r->data.data, bytes);
-    for (size_t i = 0; i < count; i++)
-        if (!isfinite(data[i])) {
-            const double bad = data[i];
-            free(data);
-            return fm_error(FM_ERR_NOT_FINITE, "TensorChunk: tensor %u element %llu is %g", r->tensor,
-                            (unsigned long long)(r->offset + i), bad);
-        }
+    fm_status st = fm_wire_decode_payload(out->encoding, out->compression, r->data.data, r->data.len, count, data);
+    if (st == FM_ERR_NOT_FINITE) {
+        /* the values before the bad one were checked finite: the first non-finite one is it */
+        size_t i = 0;
+        while (i + 1 < count && isfinite(data[i]))
+            i++;
+        const double bad = data[i];
+        free(data);
+        return fm_error(FM_ERR_NOT_FINITE, "TensorChunk: tensor %u element %llu is %g", r->tensor,
+                        (unsigned long long)(r->offset + i), bad);
+    }
+    if (st != FM_OK) {
+        free(data);
+        char why[400];
+        snprintf(why, sizeof why, "%s", fm_last_error());
+        return fm_error(st, "TensorChunk: tensor %u at offset %llu: %s", r->tensor, (unsigned long long)r->offset, why);
+    }
     out->count = count;
     out->owned = data;
     out->data = data;
+    out->payload = r->data.data;
+    out->payload_len = r->data.len;
     return FM_OK;
 }
 
@@ -308,10 +338,13 @@ fm_status fm_wire_decode_chunk(const uint8_t *buf, size_t len, fm_wire_chunk *ou
     if (!r)
         return fm_error(FM_ERR_PARSE, "TensorChunk: not a TensorChunk message (%zu bytes)", len);
     fm_status st = take_chunk(r, out);
-    fedmm__tensor_chunk__free_unpacked(r, NULL);
-    if (st != FM_OK)
+    if (st != FM_OK) {
+        fedmm__tensor_chunk__free_unpacked(r, NULL);
         fm_wire_chunk_free(out);
-    return st;
+        return st;
+    }
+    out->msg = r;
+    return FM_OK;
 }
 
 void fm_wire_chunk_free(fm_wire_chunk *c)
@@ -319,8 +352,13 @@ void fm_wire_chunk_free(fm_wire_chunk *c)
     if (!c)
         return;
     free(c->owned);
+    if (c->msg)
+        protobuf_c_message_free_unpacked(c->msg, NULL);
+    c->msg = NULL;
     c->owned = NULL;
     c->data = NULL;
+    c->payload = NULL;
+    c->payload_len = 0;
     c->count = 0;
 }
 
@@ -359,6 +397,10 @@ fm_status fm_wire_decode_push(const uint8_t *buf, size_t len, fm_wire_push_msg *
         }
     } else {
         st = take_chunk(r->chunk, &out->chunk);
+        if (st == FM_OK) { /* the chunk's payload lives in r */
+            out->chunk.msg = r;
+            return FM_OK;
+        }
     }
     fedmm__push_message__free_unpacked(r, NULL);
     if (st != FM_OK)
@@ -411,7 +453,16 @@ void fm_tensor_tx_init(fm_tensor_tx *tx, const float *src, const fm_strategy_blo
     tx->round = round;
     tx->site = site;
     tx->block = next_selected(select, n_blocks, 0);
+    fm_wire_encoder_init(&tx->enc, NULL);
 }
+
+void fm_tensor_tx_set_codec(fm_tensor_tx *tx, const fm_wire_codec *codec)
+{
+    fm_wire_encoder_free(&tx->enc);
+    fm_wire_encoder_init(&tx->enc, codec);
+}
+
+void fm_tensor_tx_free(fm_tensor_tx *tx) { fm_wire_encoder_free(&tx->enc); }
 
 int fm_tensor_tx_next(fm_tensor_tx *tx, fm_wire_chunk *out)
 {
@@ -434,7 +485,10 @@ int fm_tensor_tx_next(fm_tensor_tx *tx, fm_wire_chunk *out)
     out->offset = tx->offset;
     out->count = count;
     out->data = data;
-    tx->crc = fm_crc32c(tx->crc, data, count * sizeof(float));
+    out->encoding = tx->enc.codec.encoding;
+    if (fm_wire_encode_values(&tx->enc, data, count, &out->payload, &out->payload_len, &out->compression) != FM_OK)
+        return -1;
+    tx->crc = fm_crc32c(tx->crc, out->payload, out->payload_len);
     tx->offset += count;
     if (tx->offset == b->numel) {
         out->crc32c = tx->crc;
@@ -477,7 +531,11 @@ fm_status fm_tensor_rx_add(fm_tensor_rx *rx, const fm_wire_chunk *c)
     if (c->offset != rx->offset || c->count == 0 || c->count > b->numel - rx->offset)
         return fm_error(FM_ERR_PARSE, "tensor stream: tensor %u chunk at offset %llu (+%zu), expected offset %zu",
                         c->tensor, (unsigned long long)c->offset, c->count, rx->offset);
-    uint32_t crc = fm_crc32c(rx->crc, c->data, c->count * sizeof(float));
+    if (!c->payload && (c->encoding != FM_WIRE_F32 || c->compression != FM_WIRE_RAW))
+        return fm_error(FM_ERR_INVALID_ARG, "tensor stream: a chunk without the payload it was decoded from");
+    /* the checksum covers what travelled: the payloads (a hand-made float32 chunk's values are its payload) */
+    uint32_t crc = c->payload ? fm_crc32c(rx->crc, c->payload, c->payload_len)
+                              : fm_crc32c(rx->crc, c->data, c->count * sizeof(float));
     const int last = rx->offset + c->count == b->numel;
     if (last && crc != c->crc32c)
         return fm_error(FM_ERR_PARSE, "tensor stream: tensor %u (%s) checksum mismatch (got %08x, computed %08x)",

@@ -9,8 +9,8 @@
 
 #include "fedmm/status.h"
 #include "fedmm/strategy.h"
+#include "fedmm/wire_codec.h" /* FM_WIRE_CHUNK_FLOATS, the value encodings and zstd */
 
-#define FM_WIRE_CHUNK_FLOATS 262144u                                  /* 1 MiB of float32 per chunk, at most */
 #define FM_WIRE_MAX_MESSAGE ((size_t)FM_WIRE_CHUNK_FLOATS * 4 + 4096) /* any encoded message, at most */
 #define FM_WIRE_RUN_ID_MAX 64
 #define FM_WIRE_TOKEN_MAX 128
@@ -56,6 +56,8 @@ typedef struct fm_wire_ref {
     int32_t site;
 } fm_wire_ref;
 
+/* One piece of one tensor. `payload` is the message's data field exactly as it travels (the values encoded,
+ * then maybe compressed); the tensor's CRC-32C is computed over the payloads of its chunks, in order. */
 typedef struct fm_wire_chunk {
     char run_id[FM_WIRE_RUN_ID_MAX + 1];
     int64_t round;
@@ -63,10 +65,15 @@ typedef struct fm_wire_chunk {
     uint32_t tensor;
     uint64_t numel;
     uint64_t offset;
-    size_t count;      /* floats in data */
-    const float *data; /* encode: borrowed; decode: owned by the chunk (fm_wire_chunk_free) */
+    size_t count;                    /* values in this chunk */
+    fm_wire_encoding encoding;       /* of the payload */
+    fm_wire_compression compression; /* of the payload */
+    const uint8_t *payload;          /* encode: borrowed, NULL = `data` as float32; decode: owned (msg) */
+    size_t payload_len;
+    const float *data; /* the values; encode: borrowed; decode: decoded, owned by the chunk (fm_wire_chunk_free) */
     uint32_t crc32c;   /* on the tensor's last chunk */
     float *owned;
+    void *msg; /* decode: the unpacked message that holds payload */
 } fm_wire_chunk;
 
 typedef struct fm_wire_push_header {
@@ -110,10 +117,11 @@ fm_status fm_wire_encode_push_chunk(const fm_wire_chunk *m, fm_wire_buf *out);
 fm_status fm_wire_encode_reply(const fm_wire_reply *m, fm_wire_buf *out);
 
 /* Decoders: FM_ERR_RANGE for a message over FM_WIRE_MAX_MESSAGE, FM_ERR_PARSE for bytes that are not the
- * message or a string over its limit; chunks also FM_ERR_SHAPE (data not whole floats, empty, over
- * FM_WIRE_CHUNK_FLOATS, or past numel) and FM_ERR_NOT_FINITE (a NaN or Inf, naming its index); push headers
- * FM_ERR_PARSE unless exactly one of header / chunk is set, trained bytes 0 or 1 and at most
- * FM_WIRE_MAX_BLOCKS. *out is only meaningful on FM_OK. */
+ * message or a string over its limit; chunks also FM_ERR_SHAPE (count 0, over FM_WIRE_CHUNK_FLOATS, or past
+ * numel), FM_ERR_PARSE for an unknown encoding or compression or a payload whose size does not fit count and
+ * encoding (checked before decompressing: fm_wire_decode_payload), FM_ERR_NOT_FINITE (a NaN or Inf, naming its
+ * element); push headers FM_ERR_PARSE unless exactly one of header / chunk is set, trained bytes 0 or 1 and at
+ * most FM_WIRE_MAX_BLOCKS. *out is only meaningful on FM_OK. */
 fm_status fm_wire_decode_join(const uint8_t *buf, size_t len, fm_wire_join *out);
 fm_status fm_wire_decode_task(const uint8_t *buf, size_t len, fm_wire_task *out);
 fm_status fm_wire_decode_ref(const uint8_t *buf, size_t len, fm_wire_ref *out);
@@ -126,7 +134,8 @@ fm_status fm_wire_decode_reply(const uint8_t *buf, size_t len, fm_wire_reply *ou
 /* ---- chunked tensor streams over a block-structured vector -------------------------------------- */
 
 /* Cuts the selected blocks of `src` (the vector's blocks in order; select NULL = all) into chunks of at most
- * chunk_floats floats (≤ FM_WIRE_CHUNK_FLOATS), each stamped with run id, round and site. */
+ * chunk_floats floats (≤ FM_WIRE_CHUNK_FLOATS), each stamped with run id, round and site, and encodes each
+ * (float32 unless fm_tensor_tx_set_codec says otherwise). */
 typedef struct fm_tensor_tx {
     const float *src;
     const fm_strategy_block *blocks;
@@ -138,15 +147,23 @@ typedef struct fm_tensor_tx {
     const char *run_id;
     int64_t round;
     int32_t site;
+    fm_wire_encoder enc;
 } fm_tensor_tx;
 
 void fm_tensor_tx_init(fm_tensor_tx *tx, const float *src, const fm_strategy_block *blocks, size_t n_blocks,
                        const uint8_t *select, size_t chunk_floats, const char *run_id, int64_t round, int32_t site);
-/* The next chunk (data borrowed from src); 0 when the stream is over. */
+/* Encodes the chunks with `codec` (NULL: float32, uncompressed); call before the first fm_tensor_tx_next. */
+void fm_tensor_tx_set_codec(fm_tensor_tx *tx, const fm_wire_codec *codec);
+/* The next chunk: 1, with data borrowed from src and payload from src or the encoder (valid until the next
+ * call); 0 when the stream is over; −1 when a chunk cannot be encoded (a non-finite value, a bfloat16
+ * overflow, out of memory: fm_last_error() says which). */
 int fm_tensor_tx_next(fm_tensor_tx *tx, fm_wire_chunk *out);
+/* Frees the encoder's buffers (nothing to free for float32, uncompressed). */
+void fm_tensor_tx_free(fm_tensor_tx *tx);
 
-/* Reassembles the selected blocks into dst (n_params floats; other blocks untouched), checking that chunks
- * come in block order without gaps, that numel matches the block, and each block's CRC-32C. */
+/* Reassembles the selected blocks into dst (n_params floats; other blocks untouched) from decoded chunks,
+ * checking that chunks come in block order without gaps, that numel matches the block, and each block's
+ * CRC-32C over its chunks' payloads as they travelled. */
 typedef struct fm_tensor_rx {
     float *dst;
     const fm_strategy_block *blocks;

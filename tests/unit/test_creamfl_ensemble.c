@@ -1,7 +1,7 @@
 /* CreamFL's streaming, tiled ensemble against a naive float64 implementation that forms the whole |P|×|P|
  * logit matrix per site: scores, softmax weights and fused representations, for both modalities (images
  * scored against the global texts, texts against the global images), several sites, odd sizes and odd tiles;
- * the plain-mean ablation; bf16 rounding; the refusals. */
+ * the plain-mean ablation; the fusion step on its own (fm_creamfl_fuse); bf16 rounding; the refusals. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +80,12 @@ static void check_one(const float *const *reps, int K, const float *g, size_t n,
     fm_test_assert_close(label, w, ww, (size_t)K * n, 1e-5, 1e-5);
     snprintf(label, sizeof label, "%s fused (K %d, n %zu, d %zu, tile %zux%zu)", what, K, n, d, t.rows, t.cols);
     fm_test_assert_close(label, agg, wa, n * d, 1e-5, 1e-5);
+    /* fm_creamfl_fuse on the scores is the same fusion, value for value (the weights replace the scores) */
+    float *agg2 = fm_test_alloc(n * d * sizeof(float));
+    assert_int_equal(fm_creamfl_fuse(reps, K, n, d, scores, agg2), FM_OK);
+    assert_memory_equal(scores, w, (size_t)K * n * sizeof(float));
+    assert_memory_equal(agg2, agg, n * d * sizeof(float));
+    free(agg2);
     /* the weights are a distribution over the sites, and not a trivial one when K > 1 */
     for (size_t p = 0; p < n; p++) {
         double s = 0.0;
@@ -174,6 +180,10 @@ static void test_plain_mean(void **state)
     for (size_t i = 0; i < (size_t)K * n; i++)
         ww[i] = 1.0 / 3.0;
     fm_test_assert_close("plain mean", agg, want, n * d, 1e-6, 1e-7);
+    float *agg2 = fm_test_alloc(n * d * sizeof(float));
+    assert_int_equal(fm_creamfl_fuse(reps, K, n, d, NULL, agg2), FM_OK); /* no scores: the plain mean */
+    assert_memory_equal(agg2, agg, n * d * sizeof(float));
+    free(agg2);
     fm_test_assert_close("plain mean weights", w, ww, (size_t)K * n, 1e-6, 1e-7);
     for (int k = 0; k < K; k++)
         free((void *)reps[k]);
@@ -224,6 +234,11 @@ static void test_refusals(void **state)
     assert_int_equal(fm_creamfl_ensemble(reps, 1, NULL, 3, 2, t, 0, agg, NULL), FM_ERR_INVALID_ARG);
     assert_int_equal(fm_creamfl_ensemble_scores(reps, 1, g, 3, 2, t, NULL), FM_ERR_INVALID_ARG);
     assert_int_equal(fm_creamfl_ensemble_scores(reps, 1, g, 3, 2, t, s), FM_OK);
+    assert_int_equal(fm_creamfl_fuse(reps, 2, 3, 2, s, agg), FM_ERR_INVALID_ARG);
+    assert_int_equal(fm_creamfl_fuse(reps, 1, 3, 2, s, NULL), FM_ERR_INVALID_ARG);
+    assert_int_equal(fm_creamfl_fuse(reps, 0, 3, 2, s, agg), FM_ERR_INVALID_ARG);
+    assert_int_equal(fm_creamfl_fuse(reps, 1, 3, 0, s, agg), FM_ERR_SHAPE);
+    assert_int_equal(fm_creamfl_fuse(reps, 1, 3, 2, s, agg), FM_OK);
 }
 
 int main(void)

@@ -162,7 +162,14 @@ static void test_garbage_truncated_oversized(void **state)
     assert_int_equal(fm_wire_decode_chunk(buf.data, buf.len, &got), FM_OK);
     fm_wire_chunk_free(&got);
     /* a flipped data byte: the CRC catches it */
-    buf.data[buf.len - 8] ^= 0x01;
+    uint8_t raw[sizeof data]; /* the values' bytes, as the data field holds them */
+    memcpy(raw, data, sizeof data);
+    uint8_t *in_buf = NULL;
+    for (size_t i = 0; i + sizeof raw <= buf.len && !in_buf; i++)
+        if (memcmp(buf.data + i, raw, sizeof raw) == 0)
+            in_buf = buf.data + i;
+    assert_non_null(in_buf);
+    in_buf[2] ^= 0x01; /* a low mantissa bit of the first value: still finite */
     if (fm_wire_decode_chunk(buf.data, buf.len, &got) == FM_OK) {
         fm_tensor_rx rx;
         float dst[5];
@@ -235,6 +242,156 @@ static void test_stream_order_checks(void **state)
     assert_false(fm_tensor_rx_complete(&rx));
     free(src);
     free(dst);
+}
+
+/* Every encoding through tx -> encode -> decode -> rx arrives as fm_wire_transmit (what `fedmm sim` applies)
+ * says, bit for bit, with the same payload bytes; a flipped payload bit fails the tensor's checksum. */
+static void test_stream_codecs(void **state)
+{
+    (void)state;
+    fm_strategy_block b[NB];
+    size_t P = make_blocks(b);
+    fm_rng rng = fm_rng_make(fm_test_seed(), 11);
+    float *src = fm_test_alloc(P * sizeof(float)), *dst = fm_test_alloc(P * sizeof(float));
+    float *want = fm_test_alloc(P * sizeof(float));
+    fm_test_fill(&rng, src, P, -2.0f, 2.0f);
+    for (size_t i = b[2].offset; i < b[2].offset + 60; i++) /* a compressible stretch in block "big" */
+        src[i] = 0.5f;
+    src[b[2].offset + 77] = 90.0f; /* an outlier for int8 */
+    const uint8_t select[NB] = {1, 1, 1, 0, 1};
+    const fm_wire_codec codecs[] = {{FM_WIRE_BF16, FM_WIRE_RAW, 0},
+                                    {FM_WIRE_INT8, FM_WIRE_RAW, 0},
+                                    {FM_WIRE_F32, FM_WIRE_ZSTD, 0},
+                                    {FM_WIRE_BF16, FM_WIRE_ZSTD, 1},
+                                    {FM_WIRE_INT8, FM_WIRE_ZSTD, 19}};
+    for (size_t ci = 0; ci < sizeof codecs / sizeof codecs[0]; ci++) {
+        const fm_wire_codec *codec = &codecs[ci];
+        for (size_t i = 0; i < P; i++)
+            dst[i] = want[i] = 1234.5f;
+        double want_bytes = 0.0, got_bytes = 0.0;
+        assert_int_equal(fm_wire_transmit(codec, src, want, b, NB, select, 64, &want_bytes), FM_OK);
+        fm_tensor_tx tx;
+        fm_tensor_rx rx;
+        fm_tensor_tx_init(&tx, src, b, NB, select, 64, "run1", 3, 2); /* chunks of 64: room to compress */
+        fm_tensor_tx_set_codec(&tx, codec);
+        fm_tensor_rx_init(&rx, dst, b, NB, select);
+        fm_wire_chunk ch;
+        int more, zstd_chunks = 0;
+        while ((more = fm_tensor_tx_next(&tx, &ch)) > 0) {
+            fm_wire_buf buf;
+            assert_int_equal(fm_wire_encode_push_chunk(&ch, &buf), FM_OK);
+            fm_wire_push_msg m;
+            assert_int_equal(fm_wire_decode_push(buf.data, buf.len, &m), FM_OK);
+            fm_wire_buf_free(&buf);
+            assert_int_equal(m.chunk.encoding, codec->encoding);
+            assert_int_equal(m.chunk.compression, ch.compression);
+            assert_int_equal(m.chunk.payload_len, ch.payload_len);
+            assert_int_equal(m.chunk.count, ch.count);
+            zstd_chunks += m.chunk.compression == FM_WIRE_ZSTD;
+            got_bytes += (double)m.chunk.payload_len;
+            assert_int_equal(fm_tensor_rx_add(&rx, &m.chunk), FM_OK);
+            fm_wire_push_msg_free(&m);
+        }
+        assert_int_equal(more, 0);
+        fm_tensor_tx_free(&tx);
+        assert_true(fm_tensor_rx_complete(&rx));
+        assert_memory_equal(dst, want, P * sizeof(float));
+        assert_true(got_bytes == want_bytes);
+        if (codec->compression == FM_WIRE_ZSTD)
+            assert_true(zstd_chunks > 0);
+        if (codec->encoding != FM_WIRE_F32)
+            assert_memory_not_equal(dst, src, P * sizeof(float));
+    }
+    /* a flipped bit in a bf16 payload: the values still decode, the tensor's CRC does not match */
+    fm_strategy_block one = {.name = "t", .offset = 0, .numel = 5, .layer = -1, .n_layers = 1};
+    fm_tensor_tx tx;
+    fm_tensor_tx_init(&tx, src, &one, 1, NULL, 0, "r", 1, 0);
+    const fm_wire_codec b16 = {FM_WIRE_BF16, FM_WIRE_RAW, 0};
+    fm_tensor_tx_set_codec(&tx, &b16);
+    fm_wire_chunk ch;
+    assert_int_equal(fm_tensor_tx_next(&tx, &ch), 1);
+    assert_int_equal(ch.payload_len, 10);
+    uint8_t flipped[10];
+    memcpy(flipped, ch.payload, 10);
+    flipped[4] ^= 0x01;
+    ch.payload = flipped;
+    fm_wire_buf buf;
+    assert_int_equal(fm_wire_encode_chunk(&ch, &buf), FM_OK);
+    fm_wire_chunk got;
+    assert_int_equal(fm_wire_decode_chunk(buf.data, buf.len, &got), FM_OK);
+    fm_tensor_rx rx;
+    fm_tensor_rx_init(&rx, dst, &one, 1, NULL);
+    assert_int_equal(fm_tensor_rx_add(&rx, &got), FM_ERR_PARSE);
+    assert_non_null(strstr(fm_last_error(), "checksum"));
+    fm_wire_chunk_free(&got);
+    fm_wire_buf_free(&buf);
+    fm_tensor_tx_free(&tx);
+    /* a non-finite value cannot be sent */
+    src[1] = INFINITY;
+    fm_tensor_tx_init(&tx, src, &one, 1, NULL, 0, "r", 1, 0);
+    fm_tensor_tx_set_codec(&tx, &b16);
+    assert_int_equal(fm_tensor_tx_next(&tx, &ch), -1);
+    fm_tensor_tx_free(&tx);
+    free(src);
+    free(dst);
+    free(want);
+}
+
+/* Chunks whose fields disagree with their payload are refused by the decoder, with a reason. */
+static void test_chunk_fields_checked(void **state)
+{
+    (void)state;
+    float v[6] = {0.5f, -1.0f, 2.0f, 0.25f, 3.0f, -0.125f};
+    uint8_t q[12];
+    assert_int_equal(fm_wire_quantize(FM_WIRE_BF16, v, 6, q), FM_OK);
+    fm_wire_chunk c = {.round = 1,
+                       .numel = 6,
+                       .count = 6,
+                       .data = v,
+                       .encoding = FM_WIRE_BF16,
+                       .compression = FM_WIRE_RAW,
+                       .payload = q,
+                       .payload_len = 12};
+    strcpy(c.run_id, "r");
+    fm_wire_buf buf;
+    fm_wire_chunk got;
+    assert_int_equal(fm_wire_encode_chunk(&c, &buf), FM_OK);
+    assert_int_equal(fm_wire_decode_chunk(buf.data, buf.len, &got), FM_OK);
+    assert_true(got.data[2] == 2.0f && got.count == 6);
+    fm_wire_chunk_free(&got);
+    fm_wire_buf_free(&buf);
+    struct {
+        fm_wire_chunk c;
+        fm_status want;
+        const char *says;
+    } bad[8];
+    for (int i = 0; i < 8; i++) {
+        bad[i].c = c;
+        bad[i].want = FM_ERR_PARSE;
+    }
+    bad[0].c.encoding = (fm_wire_encoding)7, bad[0].says = "unknown encoding 7";
+    bad[1].c.compression = (fm_wire_compression)3, bad[1].says = "unknown compression 3";
+    bad[2].c.payload_len = 11, bad[2].says = "payload bytes";                /* 11 bytes for 6 bf16 values */
+    bad[3].c.count = 5, bad[3].says = "payload bytes";                       /* 12 bytes for 5 */
+    bad[4].c.count = 0, bad[4].want = FM_ERR_SHAPE, bad[4].says = "count 0"; /* no count */
+    bad[5].c.offset = 1, bad[5].want = FM_ERR_SHAPE, bad[5].says = "past numel";
+    bad[6].c.encoding = FM_WIRE_INT8, bad[6].says = "payload bytes"; /* 12 bytes are not 4 + 6 */
+    bad[7].c.compression = FM_WIRE_ZSTD, bad[7].says = "zstd";
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(fm_wire_encode_chunk(&bad[i].c, &buf), FM_OK);
+        assert_int_equal(fm_wire_decode_chunk(buf.data, buf.len, &got), bad[i].want);
+        if (!strstr(fm_last_error(), bad[i].says))
+            fail_msg("case %d: '%s' does not say '%s'", i, fm_last_error(), bad[i].says);
+        fm_wire_push_msg m;
+        fm_wire_buf pb;
+        assert_int_equal(fm_wire_encode_push_chunk(&bad[i].c, &pb), FM_OK);
+        assert_int_equal(fm_wire_decode_push(pb.data, pb.len, &m), bad[i].want);
+        fm_wire_buf_free(&pb);
+        fm_wire_buf_free(&buf);
+    }
+    /* a chunk without its payload can only be float32 */
+    c.payload = NULL;
+    assert_int_equal(fm_wire_encode_chunk(&c, &buf), FM_ERR_INVALID_ARG);
 }
 
 /* ---- the server state machine ----------------------------------------------------------------------- */
@@ -500,6 +657,8 @@ static void test_server_aggregates_in_site_order(void **state)
 
 typedef struct live {
     fixture *f;
+    const fm_wire_codec *codec; /* Pull's */
+    fm_net_traffic traffic;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int port; /* 0 until bound, −1 if serving ended without binding */
@@ -518,8 +677,13 @@ static void live_on_listen(void *ctx, int port)
 static void *live_main(void *arg)
 {
     live *l = arg;
-    fm_net_server_options so = {
-        .listen = "127.0.0.1:0", .call_timeout_s = 5, .release_grace_s = 5, .on_listen = live_on_listen, .ctx = l};
+    fm_net_server_options so = {.listen = "127.0.0.1:0",
+                                .call_timeout_s = 5,
+                                .release_grace_s = 5,
+                                .codec = l->codec,
+                                .traffic = &l->traffic,
+                                .on_listen = live_on_listen,
+                                .ctx = l};
     l->result = fm_net_serve(l->f->srv, &so);
     pthread_mutex_lock(&l->mu);
     if (l->port == 0)
@@ -681,6 +845,111 @@ static void test_live_server(void **state)
     fixture_free(&f);
 }
 
+/* The server pulls as bf16 + zstd, the sites push as int8 + zstd: every pulled vector and the final global
+ * vector equal what fm_wire_transmit (sim's model of the network) predicts, bit for bit, and the server's byte
+ * counters equal the predicted payload bytes. */
+static void test_live_server_codecs(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f, 12);
+    const fm_wire_codec down = {FM_WIRE_BF16, FM_WIRE_ZSTD, 3}, up = {FM_WIRE_INT8, FM_WIRE_ZSTD, 1};
+    live l = {.f = &f, .codec = &down};
+    pthread_mutex_init(&l.mu, NULL);
+    pthread_cond_init(&l.cv, NULL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, live_main, &l), 0);
+    pthread_mutex_lock(&l.mu);
+    while (l.port == 0)
+        pthread_cond_wait(&l.cv, &l.mu);
+    pthread_mutex_unlock(&l.mu);
+    assert_true(l.port > 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", l.port);
+    fm_net_client *c[N_SITES];
+    for (int k = 0; k < N_SITES; k++) {
+        assert_int_equal(fm_net_client_create(&c[k], target, f.tokens[k], 20), FM_OK);
+        assert_int_equal(fm_net_client_set_codec(c[k], &up), FM_OK);
+    }
+    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
+    fm_strategy *ref = NULL;
+    assert_int_equal(fm_strategy_create(&ref, &sc, f.P, f.b, NB, f.init), FM_OK);
+    float *pulled = fm_test_alloc(f.P * sizeof(float)), *want = fm_test_alloc(f.P * sizeof(float));
+    float *sent = fm_test_alloc(N_SITES * f.P * sizeof(float));
+    double want_up = 0.0, want_down = 0.0;
+    int took_part[N_SITES] = {0};
+    for (int round = 1; round <= ROUNDS; round++) {
+        int chosen[PER_ROUND];
+        chosen_in(round, chosen);
+        double round_down = 0.0; /* one broadcast's payload bytes */
+        assert_int_equal(fm_wire_transmit(&down, fm_strategy_global(ref), want, f.b, NB, NULL, 0, &round_down), FM_OK);
+        for (int i = 0; i < PER_ROUND; i++) {
+            const int k = chosen[i];
+            took_part[k] = 1;
+            fm_wire_join j;
+            memset(&j, 0, sizeof j);
+            j.site = k;
+            strcpy(j.token, f.tokens[k]);
+            strcpy(j.model_family, "clip-tiny");
+            j.n_params = f.P;
+            j.n_blocks = NB;
+            fm_wire_task task;
+            assert_int_equal(fm_net_join(c[k], &j, &task), FM_OK);
+            assert_int_equal(task.action, FM_ACTION_TRAIN);
+            fm_wire_ref r = {.round = round, .site = k};
+            strcpy(r.run_id, task.run_id);
+            assert_int_equal(fm_net_pull(c[k], &r, pulled, f.b, NB), FM_OK);
+            assert_memory_equal(pulled, want, f.P * sizeof(float));
+            want_down += round_down;
+            fm_wire_push_header h;
+            header_for(&f, k, round, &h);
+            fm_wire_reply reply;
+            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_OK);
+            float *d = sent + (size_t)k * f.P;
+            memset(d, 0, f.P * sizeof(float));
+            double bytes = 0.0;
+            assert_int_equal(fm_wire_transmit(&up, f.deltas[k], d, f.b, NB, h.trained, CHUNK, &bytes), FM_OK);
+            assert_true(fm_net_last_push_bytes(c[k]) == bytes);
+            want_up += bytes;
+        }
+        assert_int_equal(fm_strategy_begin_round(ref, round), FM_OK);
+        for (int i = 0; i < PER_ROUND; i++) {
+            const int k = chosen[i];
+            fm_site_update u = {.n_params = f.P,
+                                .delta = sent + (size_t)k * f.P,
+                                .weight = (double)f.samples[k],
+                                .n_blocks = NB,
+                                .trained = f.trained + (size_t)k * NB};
+            assert_int_equal(fm_strategy_add_update(ref, &u), FM_OK);
+        }
+        assert_int_equal(fm_strategy_finish_round(ref, NULL), FM_OK);
+    }
+    for (int k = 0; k < N_SITES; k++) {
+        if (!took_part[k])
+            continue;
+        fm_wire_ref hb = {.round = ROUNDS, .site = k};
+        strcpy(hb.run_id, "run-xyz");
+        fm_wire_task task;
+        assert_int_equal(fm_net_heartbeat(c[k], &hb, &task), FM_OK);
+        assert_int_equal(task.action, FM_ACTION_DONE);
+    }
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(l.result, FM_OK);
+    assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
+    assert_true(l.traffic.bytes_up == want_up);
+    assert_true(l.traffic.bytes_down == want_down);
+    assert_true(want_down < (double)(ROUNDS * PER_ROUND) * (double)f.P * 4.0); /* bf16: less than float32 */
+    for (int k = 0; k < N_SITES; k++)
+        fm_net_client_destroy(c[k]);
+    fm_strategy_destroy(ref);
+    free(pulled);
+    free(want);
+    free(sent);
+    pthread_mutex_destroy(&l.mu);
+    pthread_cond_destroy(&l.cv);
+    fixture_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -689,9 +958,12 @@ int main(void)
         cmocka_unit_test(test_garbage_truncated_oversized),
         cmocka_unit_test(test_non_finite_refused),
         cmocka_unit_test(test_stream_order_checks),
+        cmocka_unit_test(test_stream_codecs),
+        cmocka_unit_test(test_chunk_fields_checked),
         cmocka_unit_test(test_server_refusals_leave_state),
         cmocka_unit_test(test_server_aggregates_in_site_order),
         cmocka_unit_test(test_live_server),
+        cmocka_unit_test(test_live_server_codecs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
