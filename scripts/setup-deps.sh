@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libopenblas-dev libfyaml-dev libcjson-dev libsodium-dev libzstd-dev libcmocka-dev
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libpng-dev libjpeg-dev
-      clang-format clang-tidy openssl python3 python3-matplotlib)
+      clang-format clang-tidy openssl python3 python3-matplotlib
+      docker-compose python3-yaml)   # the last two: tests/cli/test_compose_config.sh validates docker/ without an engine
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

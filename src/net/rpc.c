@@ -821,18 +821,22 @@ fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
             }
         }
         grpc_event ev = grpc_completion_queue_next(cq, after(0.2), NULL);
+        const double work_at = fm_now_seconds();
         if (ev.type == GRPC_OP_COMPLETE) {
             srv_call *c = ev.tag;
             if (c == S.requested)
                 S.requested = NULL;
             step(&S, c, ev.success);
         }
+        (void)fm_fedsrv_poll(srv, fm_now_seconds()); /* a failure is kept as the server's fatal status */
         const double now = fm_now_seconds();
+        if (now - work_at > 0.05) /* the loop was busy (aggregating, writing the state): no call could progress */
+            for (srv_call *c = S.calls; c; c = c->next)
+                c->progress_at += now - work_at;
         if (now - expired_at >= 0.1) {
             expire(&S, now);
             expired_at = now;
         }
-        (void)fm_fedsrv_poll(srv, now); /* a failure is kept as the server's fatal status */
         if (fm_fedsrv_fatal(srv) != FM_OK) {
             result = fm_fedsrv_fatal(srv);
             break;

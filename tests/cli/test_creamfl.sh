@@ -46,8 +46,9 @@ run k3 --set fl.rounds=2 || true
 cmp -s "$WORK/k3/model.safetensors" "$WORK/po/model.safetensors" \
   && fail "distillation changed nothing" || pass "kappa = 0.3 moves the server away from the public-only one"
 
-# kill -9 once round 2 is checkpointed, then resume: the same server and the same log as run a
-run k --set fl.rounds=4 &
+# kill -9 once round 2 is checkpointed, then resume: the same server and the same log as run a (fedmm itself in
+# the background, not a shell function: killing a subshell would leave its fedmm child running)
+"$FEDMM" sim "${small[@]}" --set fl.rounds=4 --out "$WORK/k" >"$WORK/k.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 900); do
   r=$(readlink "$WORK/k/latest" 2>/dev/null || true)
@@ -56,6 +57,7 @@ for _ in $(seq 1 900); do
 done
 kill -9 $pid 2>/dev/null || true
 wait $pid 2>/dev/null || true
+kill -0 $pid 2>/dev/null && fail "the killed run is still alive"
 echo "killed at $(readlink "$WORK/k/latest")"
 [ -e "$WORK/k/model.safetensors" ] && echo "note: the run finished before the kill"
 "$FEDMM" sim "${small[@]}" --set fl.rounds=4 --out "$WORK/k" --resume >"$WORK/k2.log" 2>&1 \
