@@ -35,6 +35,8 @@ if [ "${FEDMM_SKIP_SANITIZE:-0}" != 1 ]; then
   # OpenBLAS and OpenMP keep thread pools alive at exit: not leaks of ours.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan --output-on-failure -j "$jobs" -LE gpu
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" -LE gpu -E '^cli\.robust$'
+  # cli.robust (four attacked/clean training runs, an accuracy test) is left out of this pass: under ASan it ran
+  # past ctest's 900 s limit on a loaded 2-core machine; the strategies' code runs under ASan in unit.strategy_robust
 fi
 echo "== all checks passed in $(( $(date +%s) - start )) s"
