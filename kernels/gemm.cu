@@ -1,8 +1,7 @@
 /* Row-major GEMMs over fp32 or bf16 operands through cuBLASLt (see kernels/model_ops.h): alpha, beta, fp32 or
- * bf16 output, an optional fp32 bias by the epilogue. The model's device path uses it where the per-op
- * fm_cuda_linear_* (fp32 only, alpha = 1) does not reach: the LoRA path accumulated into the base output
- * (alpha = scaling, beta = 1) and every GEMM of bf16 mixed precision. Plans are cached per shape, types and
- * alignment, as in kernels/linear.cu.
+ * bf16 output, an optional fp32 bias by the epilogue. fedmm's one cuBLASLt path: the per-op linear layer
+ * (kernels/linear.cu), the LoRA path accumulated into the base output (alpha = scaling, beta = 1) and every GEMM
+ * of bf16 mixed precision use it. Plans are cached per shape, types and alignment.
  *
  * Row-major ↔ cuBLAS column-major: a row-major (R, C) matrix read column-major is its transpose (C×R, ld = C).
  * For D (M, N) row-major, Dᶜ = Dᵀ (N×M, ld N), so every op below computes Dᵀ with m = N, n = M:
