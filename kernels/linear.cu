@@ -1,5 +1,6 @@
-/* CUDA twin of src/cpu/linear.c: out = inp · Wᵀ + b, backward as two accumulating GEMMs (beta = 1) and a
- * deterministic column sum for dbias (kernels/rows_cols.cuh). The GEMMs are fm_cuda_gemm's (kernels/gemm.cu:
+/* CUDA twin of src/cpu/linear.c: out = inp · Wᵀ + b, backward as two accumulating GEMMs (beta = 1), dbias by the
+ * weight-gradient GEMM's bias-gradient epilogue (fm_cuda_gemm_dbias), or without dweight by a deterministic column
+ * sum (kernels/rows_cols.cuh). The GEMMs are fm_cuda_gemm's (kernels/gemm.cu:
  * cuBLASLt, fp32 compute without TF32, the bias by the epilogue, plans cached per shape and alignment) — the
  * ops 'N' (forward), 'A' (dinp = dout·W) and 'W' (dW = doutᵀ·inp) are named after these three uses. */
 #include <stddef.h>
@@ -48,12 +49,16 @@ extern "C" fm_status fm_cuda_linear_backward(float *dinp, float *dweight, float 
         return fm_error(FM_ERR_INVALID_ARG, "cuda linear_backward: NULL dout");
     if (C > 0 && ((dinp && !weight) || (dweight && !inp)))
         return fm_error(FM_ERR_INVALID_ARG, "cuda linear_backward: NULL %s", dinp && !weight ? "weight" : "inp");
-    /* dbias first: its partials use the workspace, which the GEMMs below may then reuse (stream order). */
-    if (dbias)
+    const int wgrad = dweight && C > 0;
+    /* dbias alone first: its partials use the workspace, which the GEMMs below may then reuse (stream order). With
+     * dweight it rides on the weight-gradient GEMM (the BGRADB epilogue): dout is read once for both. */
+    if (dbias && !wgrad)
         FM_TRY(fm_colsum("linear dbias", dbias, (float *)NULL, dout_column{dout, (size_t)OC}, (size_t)N, (size_t)OC));
     if (dinp && C > 0)
         FM_TRY(fm_cuda_gemm('A', N, C, OC, 1.0f, dout, weight, FM_GEMM_F32, 1.0f, dinp, FM_GEMM_F32, NULL));
-    if (dweight && C > 0)
-        FM_TRY(fm_cuda_gemm('W', OC, C, N, 1.0f, dout, inp, FM_GEMM_F32, 1.0f, dweight, FM_GEMM_F32, NULL));
+    if (wgrad && dbias)
+        return fm_cuda_gemm_dbias(OC, C, N, dout, inp, FM_GEMM_F32, 1.0f, dweight, dbias);
+    if (wgrad)
+        return fm_cuda_gemm('W', OC, C, N, 1.0f, dout, inp, FM_GEMM_F32, 1.0f, dweight, FM_GEMM_F32, NULL);
     return FM_OK;
 }

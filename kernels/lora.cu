@@ -3,14 +3,16 @@
  * (N, OC) or (N, C) temporary for the adapter; the only scratch is t and dt, (N, r).
  *
  * Forward, s = alpha/r:              Backward (dy (N, OC)):
- *   y  = x·Wᵀ + b      (GEMM, bias)    db += Σ_n dy             (deterministic column sum)
- *   t  = xa·Aᵀ         (N, r)          dx += dy·W               (beta 1)      dW += dyᵀ·x   (beta 1)
+ *   y  = x·Wᵀ + b      (GEMM, bias)    dW += dyᵀ·x, db += Σ_n dy (beta 1; db by the GEMM's BGRADB epilogue)
+ *   t  = xa·Aᵀ         (N, r)          dx += dy·W               (beta 1)      (db without dW: a column sum)
  *   y += s·t·Bᵀ        (beta 1)        dB += s·dyᵀ·t            (beta 1)      dt  = s·dy·B  (N, r)
  *                                      dA += dtᵀ·xa             (beta 1)      dx += dt·A    (beta 1)
  * The CPU reference (src/model/clip_forward.c on the CPU) computes t·S with S = s·I and a full (N, OC)
  * u = ts·Bᵀ added to y; both are the same sums, rounded in another order. With bf16 operands every GEMM reads
  * bf16 and accumulates in fp32; t and dt are stored in bf16 (they feed GEMMs only), y, dx and every parameter
- * gradient stay fp32, and dy is rounded to bf16 once into the caller's scratch. */
+ * gradient stay fp32, and dy is rounded to bf16 once into the caller's scratch — or arrives there already rounded
+ * (dy NULL) from the kernel that produced it (the fused layernorm and activation backward, kernels/model_ops.h). db,
+ * summed by the epilogue from the operand the GEMM reads, then sums the bf16 values. */
 #include "kernels/cuda_ops.h"
 #include "kernels/model_ops.h"
 
@@ -53,24 +55,31 @@ extern "C" fm_status fm_cuda_lora_backward(const fm_cuda_lora_args *a, float *dx
                                            const void *xa, const void *t)
 {
     FM_TRY(check("lora_backward", a));
-    if (!dy)
+    const int bf16 = a->in == FM_GEMM_BF16;
+    if (!dy && !bf16)
         return fm_error(FM_ERR_INVALID_ARG, "cuda lora_backward: NULL dy");
     if ((dW || (a->A && dA)) && !x)
         return fm_error(FM_ERR_INVALID_ARG, "cuda lora_backward: NULL x");
-    const int bf16 = a->in == FM_GEMM_BF16;
     if (bf16 && !dy_lp)
         return fm_error(FM_ERR_INVALID_ARG, "cuda lora_backward: bf16 operands need the dy_lp scratch");
-    /* dbias first: its partial sums use the cuBLAS workspace, which the GEMMs below then reuse (stream order) */
-    if (db)
+    if (!dy && db && !dW)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda lora_backward: db without dW needs dy in fp32 (dy is NULL)");
+    /* db by itself (no weight gradient to ride on) first: its partial sums use the cuBLAS workspace, which the GEMMs
+     * below then reuse (stream order) */
+    if (db && !dW)
         FM_TRY(fm_cuda_linear_backward(NULL, NULL, db, dy, NULL, NULL, a->N, a->C, a->OC));
     const void *g = dy; /* dy in the operand type */
     if (bf16) {
-        FM_TRY(fm_cuda_f32_to_bf16((uint16_t *)dy_lp, dy, (size_t)a->N * (size_t)a->OC));
+        if (dy) /* else the kernel that made dy wrote it rounded into dy_lp */
+            FM_TRY(fm_cuda_f32_to_bf16((uint16_t *)dy_lp, dy, (size_t)a->N * (size_t)a->OC));
         g = dy_lp;
     }
     if (dx)
         FM_TRY(fm_cuda_gemm('A', a->N, a->C, a->OC, 1.0f, g, a->W, a->in, 1.0f, dx, FM_GEMM_F32, NULL));
-    if (dW)
+    /* dW, and db with it by the GEMM's bias-gradient epilogue: dy is read once for both */
+    if (dW && db)
+        FM_TRY(fm_cuda_gemm_dbias(a->OC, a->C, a->N, g, x, a->in, 1.0f, dW, db));
+    else if (dW)
         FM_TRY(fm_cuda_gemm('W', a->OC, a->C, a->N, 1.0f, g, x, a->in, 1.0f, dW, FM_GEMM_F32, NULL));
     if (!a->A)
         return FM_OK;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # docker/docker-compose.yml's topology as plain processes on 127.0.0.1, for machines without a Docker engine:
 # one `fedmm server` and four `fedmm client`s with the compose file's arguments (experiments/quickstart.yaml as
-# 4 sites, all 4 each round; TLS with certificates from scripts/make-test-certs.sh, verified for the name
-# localhost; site tokens derived from FEDMM_SECRET). Differences from the compose file: the server listens on
-# 127.0.0.1 on a free port (not 0.0.0.0:7070), and the certificate and output paths are under WORKDIR.
+# 4 sites, all 4 each round; mutual TLS with certificates from scripts/make-test-certs.sh: the server's verified
+# for the name localhost, each site's own client certificate required by the server; site tokens derived from
+# FEDMM_SECRET). As in the compose file each site sees only its own key: WORKDIR/site-certs/k holds ca.pem and
+# site k's certificate and key as client.pem and client.key. Differences from the compose file: the server listens
+# on 127.0.0.1 on a free port (not 0.0.0.0:7070), and the certificate and output paths are under WORKDIR.
 # Extra arguments (e.g. --set fl.rounds=2) go to all five processes. Exits 0 when all five exited 0, else 1.
 #
 # Usage: scripts/compose-local.sh [-b PATH/TO/fedmm] [-w WORKDIR] [-t TIMEOUT_S] [--set key=value ...]
@@ -26,15 +28,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# the arguments of docker/docker-compose.yml (CERTS stands for its /certs volume)
+# the arguments of docker/docker-compose.yml: args SERVER_CERTS CLIENT_CERTS (each stands for a /certs volume)
 args() {
-  local certs=$1
   common=(--config experiments/quickstart.yaml --set fl.sites=4 --set fl.sites_per_round=4)
-  server_args=(--set "net.tls_cert=$certs/server.pem" --set "net.tls_key=$certs/server.key")
-  client_args=(--set "net.tls_ca=$certs/ca.pem" --set net.tls_server_name=localhost)
+  server_args=(--set "net.tls_cert=$1/server.pem" --set "net.tls_key=$1/server.key" --set "net.tls_ca=$1/ca.pem"
+               --set net.mtls=true)
+  client_args=(--set "net.tls_ca=$2/ca.pem" --set net.tls_server_name=localhost --set "net.tls_cert=$2/client.pem"
+               --set "net.tls_key=$2/client.key")
 }
 if [ $print_args -eq 1 ]; then
-  args /certs
+  args /certs /certs
   echo "server: ${common[*]} ${server_args[*]}"
   echo "client: ${common[*]} ${client_args[*]}"
   exit 0
@@ -48,8 +51,14 @@ if [ -z "${FEDMM_SECRET:-}" ]; then
   echo "compose-local: FEDMM_SECRET not set: a random one for this run"
 fi
 export FEDMM_SECRET
-[ -f "$work/certs/server.pem" ] || bash scripts/make-test-certs.sh "$work/certs" 2 >/dev/null
-args "$work/certs"
+[ -f "$work/certs/client3.pem" ] || bash scripts/make-test-certs.sh "$work/certs" 2 >/dev/null
+for k in 0 1 2 3; do # what site k's container sees
+  mkdir -p "$work/site-certs/$k"
+  cp "$work/certs/ca.pem" "$work/site-certs/$k/ca.pem"
+  cp "$work/certs/client$k.pem" "$work/site-certs/$k/client.pem"
+  cp "$work/certs/client$k.key" "$work/site-certs/$k/client.key"
+done
+args "$work/certs" /nowhere
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -71,9 +80,10 @@ if [ -z "$port" ]; then
   tail -n 5 "$work/server.log" >&2
   exit 1
 fi
-echo "compose-local: server on 127.0.0.1:$port (TLS), logs in $work"
+echo "compose-local: server on 127.0.0.1:$port (mutual TLS), logs in $work"
 cpids=()
 for k in 0 1 2 3; do
+  args "$work/certs" "$work/site-certs/$k"
   timeout "$limit" "$fedmm" client "${common[@]}" "${client_args[@]}" "${extra[@]}" --site "$k" \
     --server "127.0.0.1:$port" >"$work/client$k.log" 2>&1 &
   cpids+=($!)

@@ -13,7 +13,10 @@
 #   FEDMM_GPU_SUITE=0      skip the whole-suite run (the gpu tests still run)
 #   FEDMM_GPU_SANITIZER_TIMEOUT  seconds per compute-sanitizer run (default 300)
 #   FEDMM_GPU_BENCH_AGG_ARGS     arguments for fedmm_bench_aggregate (e.g. --quick; default: the full table)
-#   FEDMM_GPU_BENCH_STEP=0 skip the training-step benchmark (benchmarks/gpu/run.sh; FEDMM_BENCH_* set its size)
+#   FEDMM_GPU_BENCH_STEP=0 skip the training-step benchmark (benchmarks/gpu/run.sh; FEDMM_BENCH_* set its size),
+#                          which also times attention alone against PyTorch's SDPA with the cuDNN and flash backends
+#                          (FEDMM_BENCH_ATTENTION=0 skips that part; its table lands in the results file with the
+#                          others) and CreamFL's ensemble at |P| 50,000 (FEDMM_BENCH_CREAMFL=0 skips that part)
 #   FEDMM_REQUIRE_GPU=1    fail when no usable GPU is found; set automatically when nvidia-smi lists one,
 #                          so that on the GPU machine a broken driver or build cannot pass as "skipped"
 # Exit status: 0 all passed (or no GPU here and none required: gpu tests skipped, said so), 1 a gpu test
@@ -294,7 +297,7 @@ fi
     [ -n "$agg_table" ] && echo "$agg_table" && echo
     echo "## Training-step benchmark: $step_status"
     echo
-    case $step_status in done* | FAILED*) [ -f "$step_file" ] && grep -E '^(\||Measured)' "$step_file" && echo ;; esac
+    case $step_status in done* | FAILED*) [ -f "$step_file" ] && grep -E '^(\||Measured|## )' "$step_file" && echo ;; esac
     echo "Logs: \`$logs/\` on the machine that ran the check."
 } >"$report"
 say "results: $report"

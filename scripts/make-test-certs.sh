@@ -2,8 +2,8 @@
 # Makes throwaway certificates for fedmm's TLS tests in DIR (short validity, never for production):
 #   ca.pem ca.key                 the test CA
 #   server.pem server.key         the server: SAN DNS:localhost, IP:127.0.0.1, signed by the CA
-#   client0.pem client0.key       two site certificates signed by the CA (client auth)
-#   client1.pem client1.key
+#   client0.pem client0.key       site certificates signed by the CA (client auth), one per site of
+#   ... client3.pem client3.key   docker/docker-compose.yml (tests/cli/test_tls.sh uses client0 and client1)
 #   other-ca.pem other-ca.key     a DIFFERENT CA
 #   rogue.pem rogue.key           a client certificate from the other CA (an mTLS server must refuse it)
 # Needs openssl (scripts/setup-deps.sh installs it). Usage: scripts/make-test-certs.sh DIR [DAYS]
@@ -42,8 +42,7 @@ subjectAltName=DNS:localhost,IP:127.0.0.1"
 client_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
-leaf client0 "fedmm site 0" ca "$client_ext"
-leaf client1 "fedmm site 1" ca "$client_ext"
+for k in 0 1 2 3; do leaf "client$k" "fedmm site $k" ca "$client_ext"; done
 leaf rogue "fedmm rogue site" other-ca "$client_ext"
 rm -f ./*.srl
 chmod 644 ./*.pem

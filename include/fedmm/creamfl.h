@@ -5,9 +5,11 @@
  * the global–local cross-modal ensemble and distills its model towards the fused ones (DESIGN.md §2B).
  *
  * The math pieces (ensemble, regularisers) work on host float matrices and are usable on their own; the
- * in-process simulation (fm_creamfl_run) drives whole runs. The ensemble is a streaming, tiled computation:
- * the per-site log-sum-exp over all of P is accumulated tile by tile, so memory is O(|P|·d + tile), never
- * O(|P|²). CPU only so far (a CUDA twin belongs in kernels/). */
+ * in-process simulation (fm_creamfl_run) drives whole runs; the server's and a site's parts of a round are callable
+ * apart (fm_creamfl_server_*, fm_creamfl_site_*), which `fedmm server` / `fedmm client` run in separate processes. The
+ * ensemble is a streaming, tiled computation: the per-site log-sum-exp over all of P is accumulated tile by tile, so
+ * memory is O(|P|·d + tile), never O(|P|²). On the CPU (OpenBLAS tiles) or on a GPU (cuBLASLt tiles and
+ * kernels/creamfl_ensemble.cu): fm_creamfl_ensemble_dev / fm_creamfl_ensemble_staged below pick by device. */
 #ifndef FEDMM_CREAMFL_H
 #define FEDMM_CREAMFL_H
 
@@ -18,6 +20,7 @@
 #include "fedmm/modality.h"
 #include "fedmm/status.h"
 #include "fedmm/synth.h"
+#include "fedmm/tensor.h"
 #include "fedmm/tokenizer.h"
 #include "fedmm/train.h"
 
@@ -66,6 +69,36 @@ fm_status fm_creamfl_inter_loss(const float *z, int B, size_t d, const float *U,
  * *loss gets L_intra; dz ACCUMULATES scale·dL_intra/dz when non-NULL. */
 fm_status fm_creamfl_intra_loss(const float *z, const float *zg, const float *zold, int B, size_t d, float tau,
                                 float scale, float *dz, float *loss);
+
+/* How a GPU multiplies the score tiles (the CPU always multiplies in fp32). */
+typedef enum fm_creamfl_precision {
+    FM_CREAMFL_FP32 = 0, /* true fp32 products (cuBLASLt, CUBLAS_COMPUTE_32F, no TF32): within 1e-5 of the CPU */
+    /* the tiles' operands rounded to bf16, products accumulated in fp32 on the tensor cores: exact products when the
+     * representations are bf16 values already (rep_dtype: bf16, what travelled), so then as accurate as FP32; on
+     * other fp32 inputs the logits move by the rounding (~1e-4 absolute for unit vectors, d = 512). The row's own
+     * score (the diagonal term) stays fp32. CUDA only: the CPU refuses it. */
+    FM_CREAMFL_BF16 = 1
+} fm_creamfl_precision;
+
+/* fm_creamfl_ensemble on buffers that live on `device`: reps (a HOST array of K pointers), global, agg and weights
+ * (may be NULL) all in that device's memory.
+ * - FM_DEVICE_CPU: exactly fm_creamfl_ensemble (the same bits); precision must be FM_CREAMFL_FP32.
+ * - FM_DEVICE_CUDA: the same computation on the GPU (src/fl/creamfl_ensemble_cuda.c, kernels/creamfl_ensemble.cu):
+ *   score tiles of rows × cols (tiles 0: 2048 × 4096, a 32 MiB tile) by cuBLASLt, the online log-sum-exp, weights and
+ *   fusion by kernels, on fedmm's stream; deterministic; returns when the results are in place. Device memory
+ *   beyond the buffers: one tile, 12 bytes per tile row, K·n floats when weights is NULL, and under FM_CREAMFL_BF16
+ *   two bf16 copies of (n, d) (the global representations and one site's). FM_ERR_DEVICE without a usable GPU or
+ *   in a build without CUDA. */
+fm_status fm_creamfl_ensemble_dev(fm_device device, fm_creamfl_precision precision, const float *const *reps, int K,
+                                  const float *global, size_t n, size_t d, fm_creamfl_tiles tiles, int plain_mean,
+                                  float *agg, float *weights);
+
+/* The same on HOST buffers, computed on `device`: FM_DEVICE_CPU is fm_creamfl_ensemble; FM_DEVICE_CUDA copies reps
+ * and global to the GPU, runs fm_creamfl_ensemble_dev there and copies agg (and weights) back (device memory:
+ * (K + 2)·n·d + K·n floats plus the above). For a server whose representations arrive in host memory. */
+fm_status fm_creamfl_ensemble_staged(fm_device device, fm_creamfl_precision precision, const float *const *reps, int K,
+                                     const float *global, size_t n, size_t d, fm_creamfl_tiles tiles, int plain_mean,
+                                     float *agg, float *weights);
 
 /* Rounds every value to the nearest bfloat16 (ties to even), in place: what a representation sent as bf16
  * arrives as. */
@@ -175,6 +208,98 @@ typedef struct fm_creamfl_result {
  * complete round; on the CPU the result is bit-identical to a run that was never interrupted. */
 fm_status fm_creamfl_run(const fm_creamfl_options *o, const fm_synth_config *synth, const fm_tokenizer *tok,
                          fm_device device, fm_creamfl_result *result, fm_clip **server_out);
+
+/* ---- the server's side and a site's side of a round, apart ------------------------------------------------- */
+
+/* fm_creamfl_run is these pieces in one process, over one object holding the server and every site. `fedmm server`
+ * and `fedmm client` (src/cli/creamfl_net.c) open a server object and one object per site in separate processes
+ * and carry the representations between them over gRPC; with the same options the server ends bit-identical to the
+ * simulation's on the CPU (docs/creamfl.md, "Over the network"). */
+typedef struct fm_creamfl fm_creamfl;
+
+/* The server's side: its model and AdamW state(s), the public set, the test split; metrics files and checkpoints in
+ * o->out_dir (fm_creamfl_server_start). The sites are laid out (count, modality, sample count) but none is built.
+ * One site's side: its share of the data and its model, initialised as the simulation initialises that site's, with
+ * its optimizer, and the public set. o is copied (its strings are borrowed); FM_ERR_CONFIG for options without
+ * sites (public_only) or a site index out of range. */
+fm_status fm_creamfl_server_open(fm_creamfl **out, const fm_creamfl_options *o, const fm_synth_config *synth,
+                                 const fm_tokenizer *tok, fm_device device);
+fm_status fm_creamfl_site_open(fm_creamfl **out, const fm_creamfl_options *o, const fm_synth_config *synth,
+                               const fm_tokenizer *tok, fm_device device, int site);
+/* NULL is a no-op. */
+void fm_creamfl_close(fm_creamfl *c);
+
+/* |P| and d: every representation matrix is |P| × d floats. */
+size_t fm_creamfl_public_count(const fm_creamfl *c);
+size_t fm_creamfl_embed_dim(const fm_creamfl *c);
+/* The sites as laid out: how many, each one's modalities (FM_MODALITY_NONE out of range) and sample count. */
+int fm_creamfl_num_sites(const fm_creamfl *c);
+fm_modality fm_creamfl_site_modality(const fm_creamfl *c, int site);
+int64_t fm_creamfl_site_samples(const fm_creamfl *c, int site);
+/* The server's model (owned by c). */
+fm_clip *fm_creamfl_server_model(fm_creamfl *c);
+
+/* The m sites round `round` samples, in ascending order (chosen gets m ints): the first m of a permutation of
+ * [0, num_sites) drawn from fm_rng_make(seed, 0xC4EA0000 + round), sorted — the simulation's draw. */
+fm_status fm_creamfl_round_sites(uint64_t seed, int round, int num_sites, int m, int *chosen);
+
+/* What a site's round measured, every value as the simulation adds it to its running sums, in order: the private
+ * loss of each local step, and L_inter and L_intra of each step and modality the site holds (its images' before its
+ * texts'). The server averages them over the round's sites exactly as the simulation does. */
+typedef struct fm_creamfl_site_report {
+    int64_t steps; /* local steps taken: local_steps, plus init_local_steps in the site's first round */
+    const float *loss;
+    size_t n_loss; /* steps */
+    const float *inter;
+    size_t n_inter; /* steps × modalities held when L_inter is on (and λ > 0), else 0 */
+    const float *intra;
+    size_t n_intra; /* likewise for L_intra */
+} fm_creamfl_site_report;
+
+/* The list lengths a report of `site` has after `steps` steps (see above). */
+void fm_creamfl_report_shape(const fm_creamfl *c, int site, int64_t steps, size_t *n_loss, size_t *n_inter,
+                             size_t *n_intra);
+/* What the server checks of a report a site sent: steps is local_steps or local_steps + init_local_steps, the lists
+ * have the lengths above, every value is finite (FM_ERR_INVALID_ARG, FM_ERR_SHAPE, FM_ERR_NOT_FINITE naming the
+ * site; FM_ERR_RANGE for a site out of range). */
+fm_status fm_creamfl_check_report(const fm_creamfl *c, int site, const fm_creamfl_site_report *r);
+
+/* Server, after opening: starts the run in o->out_dir afresh (rounds_done 0: metrics.jsonl and summary.csv begun
+ * anew) or after round rounds_done of a run whose checkpoint DIR/round-<rounds_done>/ is there (server model and
+ * optimizer state(s), counters; the metrics rows of later rounds dropped). *bytes_up / *bytes_down (may be NULL)
+ * get the run's payload totals so far. */
+fm_status fm_creamfl_server_start(fm_creamfl *c, int rounds_done, double *bytes_up, double *bytes_down);
+
+/* Server, step 1 of round `round`: its CLIP steps on P, then its representations of P. *ig and *tg (|P| × d each,
+ * owned by c, valid until the next call) are what the sites receive: rounded to bfloat16 when o->rep_bf16. */
+fm_status fm_creamfl_server_broadcast(fm_creamfl *c, int round, const float **ig, const float **tg);
+
+/* Site, steps 2–3 of round `round` (a site object: its own index only): trains the site from ig / tg (the round's
+ * global representations, |P| × d each), then writes its representations of P, as they travel (bf16-rounded with
+ * o->rep_bf16), into up_i / up_t (|P| × d each; the one of a modality the site does not hold may be NULL and is
+ * left alone). *report gets the round's measurements; its lists belong to c and stay valid until the next call. */
+fm_status fm_creamfl_site_train(fm_creamfl *c, int site, int round, const float *ig, const float *tg, float *up_i,
+                                float *up_t, fm_creamfl_site_report *report);
+
+/* One site's upload of a round, as the server received it. */
+typedef struct fm_creamfl_upload {
+    int site;
+    const float *reps_i, *reps_t; /* |P| × d each: exactly the modalities the site holds, NULL for the others */
+    fm_creamfl_site_report report;
+} fm_creamfl_upload;
+
+/* Server, steps 4–5 of round `round`: the K uploads (ascending site order, 1 ≤ K ≤ sites_per_round; each checked
+ * with fm_creamfl_check_report and against its site's modalities first) are fused per modality and the server
+ * distils towards them. */
+fm_status fm_creamfl_server_aggregate(fm_creamfl *c, int round, const fm_creamfl_upload *ups, int K);
+
+/* Server, the round's end: evaluates when the round is due (o->eval_every, the last round; *evaluated = 1 and *ev
+ * filled), writes the round's line of metrics.jsonl and summary.csv with bytes_up / bytes_down (the run's payload
+ * totals so far), and the checkpoint DIR/round-R/ (keeping round R−1 until round R+1's is written). */
+fm_status fm_creamfl_server_finish(fm_creamfl *c, int round, double bytes_up, double bytes_down, fm_eval_result *ev,
+                                   int *evaluated);
+/* Server: its model evaluated on the test split now. */
+fm_status fm_creamfl_server_evaluate(fm_creamfl *c, fm_eval_result *ev);
 
 #ifdef __cplusplus
 }

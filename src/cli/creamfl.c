@@ -1,5 +1,7 @@
 /* `fedmm sim` for fl.algorithm: creamfl: reads the fl.creamfl.* keys (server model, site groups, public set,
- * λ, τ, κ, representation dtype, ablation switches), runs fm_creamfl_run and saves the server model. */
+ * λ, τ, κ, representation dtype, ablation switches) and the net.* keys (so that one file serves sim, server and
+ * client), runs fm_creamfl_run and saves the server model. The reader is shared with `fedmm server` / `fedmm client`
+ * (src/cli/creamfl_net.c). */
 #include "cli/creamfl.h"
 
 #include "cli/fl_config.h"
@@ -179,12 +181,39 @@ static fm_status read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_cream
     return fm_creamfl_validate(o, &run->synth);
 }
 
+fm_status fm_cli_read_creamfl(fm_cli_run *run, const fm_cli_args *args, fm_creamfl_options *o, fm_cli_net_options *net)
+{
+    FM_TRY(read_creamfl(run, args, o));
+    FM_TRY(fm_cli_read_net(run, net));
+    /* what travels is fl.creamfl.rep_dtype's, in sim as on the wire; net.encoding may only say the same */
+    const fm_wire_encoding rep = o->rep_bf16 ? FM_WIRE_BF16 : FM_WIRE_F32;
+    if (fm_config_has(run->cfg, "net.encoding") && net->codec.encoding != rep)
+        return fm_error(FM_ERR_CONFIG,
+                        "net.encoding %s: CreamFL's representations travel as fl.creamfl.rep_dtype says (%s); leave "
+                        "net.encoding out or set it to %s",
+                        fm_wire_encoding_name(net->codec.encoding), o->rep_bf16 ? "bf16" : "fp32",
+                        fm_wire_encoding_name(rep));
+    net->codec.encoding = rep;
+    return fm_config_check_unused(run->cfg);
+}
+
+fm_status fm_cli_read_algorithm(fm_cli_run *run, int *creamfl)
+{
+    const char *alg;
+    *creamfl = 0;
+    FM_TRY(fm_config_str(run->cfg, "fl.algorithm", "parameter", &alg));
+    if (strcmp(alg, "parameter") != 0 && strcmp(alg, "creamfl") != 0)
+        return fm_error(FM_ERR_CONFIG, "fl.algorithm '%s': expected parameter (adapter FL, the default) or creamfl",
+                        alg);
+    *creamfl = strcmp(alg, "creamfl") == 0;
+    return FM_OK;
+}
+
 static int run_creamfl(const fm_cli_args *args, fm_cli_run *run)
 {
     fm_creamfl_options o;
-    fm_status s = read_creamfl(run, args, &o);
-    if (s == FM_OK)
-        s = fm_config_check_unused(run->cfg);
+    fm_cli_net_options net;
+    fm_status s = fm_cli_read_creamfl(run, args, &o, &net);
     if (s != FM_OK)
         return fm_cli_fail("sim", "config", s);
     o.progress = 1;
@@ -239,16 +268,14 @@ static int run_creamfl(const fm_cli_args *args, fm_cli_run *run)
 
 int fm_cli_creamfl_maybe(const fm_cli_args *args, fm_cli_run *run, int *rc)
 {
-    const char *alg;
-    fm_status s = fm_config_str(run->cfg, "fl.algorithm", "parameter", &alg);
-    if (s == FM_OK && strcmp(alg, "parameter") != 0 && strcmp(alg, "creamfl") != 0)
-        s = fm_error(FM_ERR_CONFIG, "fl.algorithm '%s': expected parameter (adapter FL, the default) or creamfl", alg);
+    int creamfl = 0;
+    fm_status s = fm_cli_read_algorithm(run, &creamfl);
     if (s != FM_OK) {
         *rc = fm_cli_fail("sim", "config", s);
         fm_cli_teardown(run);
         return 1;
     }
-    if (strcmp(alg, "creamfl") != 0)
+    if (!creamfl)
         return 0;
     *rc = run_creamfl(args, run);
     fm_cli_teardown(run);

@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/creamfl.h"
 #include "cli/fl_config.h"
 #include "fedmm/log.h"
 
@@ -165,6 +166,8 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
     if (st == FM_OK) {
         fm_strategy_config rule = o->strategy;
         rule.device = run->device; /* the server rule runs where the model does (kernels/aggregate.cu on cuda) */
+        if (rule.kind == FM_STRATEGY_SCAFFOLD && rule.scaffold_num_sites == 0)
+            rule.scaffold_num_sites = s.N; /* c += Σ Δc_i / N, as `fedmm sim` sets it */
         st = fm_strategy_create(&s.strategy, &rule, P, s.blocks, s.nb, s.global);
     }
     unsigned char rid[8];
@@ -175,9 +178,11 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
              fm_strategy_name(o->strategy.kind), s.N, o->sites_per_round, o->sites_per_round + o->over_select_sites,
              o->rounds, (long long)o->local_steps);
     const double park_bytes = no->park_memory_mb * 1024.0 * 1024.0;
-    /* pushes receiving at once hold a staging vector each: as many as net.park_memory_mb holds, at least 4 (so
-     * that a few stalled sites do not hold the others' pushes until net.call_timeout_s) */
-    const double stageable = park_bytes / ((double)(P ? P : 1) * sizeof(float));
+    /* pushes receiving at once hold a staging vector each (P floats, 2P with SCAFFOLD's Δc_i): as many as
+     * net.park_memory_mb holds, at least 4 (so that a few stalled sites do not hold the others' pushes until
+     * net.call_timeout_s) */
+    const double width = o->strategy.kind == FM_STRATEGY_SCAFFOLD ? 2.0 : 1.0;
+    const double stageable = park_bytes / ((double)(P ? P : 1) * width * sizeof(float));
     const int max_pushes = stageable >= 1e6 ? 1000000 : stageable < 4 ? 4 : (int)stageable;
     if (st == FM_OK) {
         fm_fedsrv_config fc = {.run_id = run_id,
@@ -274,18 +279,24 @@ int fm_cli_server(int argc, char **argv)
         fm_cli_teardown(&run);
         return rc;
     }
+    int creamfl = 0; /* fl.algorithm: creamfl runs representation FL (src/cli/creamfl_net.c) */
+    fm_status s = fm_cli_read_algorithm(&run, &creamfl);
+    if (s != FM_OK || creamfl) {
+        rc = s != FM_OK ? fm_cli_fail("server", "config", s) : fm_cli_creamfl_server(&args, &run, listen);
+        fm_cli_teardown(&run);
+        return rc;
+    }
     fm_sim_options o;
     fm_cli_net_options no;
-    fm_status s = fm_cli_read_federation(&run, &args, &o, &no);
+    s = fm_cli_read_federation(&run, &args, &o, &no);
     fm_net_tls tls = {
         .ca_path = no.tls_ca, .cert_path = no.tls_cert, .key_path = no.tls_key, .mtls = no.mtls, .server_name = NULL};
     if (s == FM_OK)
         s = fm_net_tls_check(&tls, 1);
     if (s == FM_OK && no.min_sites > o.sites_per_round)
         s = fm_error(FM_ERR_CONFIG, "fl.min_sites %d exceeds fl.sites_per_round %d", no.min_sites, o.sites_per_round);
-    if (s == FM_OK && (o.local_only || o.strategy.kind == FM_STRATEGY_SCAFFOLD))
-        s = fm_error(FM_ERR_UNSUPPORTED, "fl.strategy %s is not supported over the network yet (sim only)",
-                     o.local_only ? "local" : "scaffold");
+    if (s == FM_OK && o.local_only) /* no server, no aggregation: nothing to run over a network */
+        s = fm_error(FM_ERR_CONFIG, "fl.strategy local (the local-only baseline) has no server: run it with fedmm sim");
     if (s != FM_OK) {
         rc = fm_cli_fail("server", "config", s);
         fm_cli_teardown(&run);

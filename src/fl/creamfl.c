@@ -1,8 +1,11 @@
-/* The in-process CreamFL simulation: a server model and heterogeneous sites (each its own architecture and its
- * own persistent model; holding images, texts or both) that exchange only representations of the public proxy
- * set. Per round: the server trains on P and encodes it; sampled sites train on private data plus the
- * regularisers and encode P; the server fuses the uploads with the cross-modal ensemble and distills. After every
- * round a checkpoint (server and site models with their optimizer state, the run's counters) makes the run
+/* CreamFL's rounds: a server model and heterogeneous sites (each its own architecture and its own persistent model;
+ * holding images, texts or both) that exchange only representations of the public proxy set. Per round: the server
+ * trains on P and encodes it (fm_creamfl_server_broadcast); sampled sites train on private data plus the
+ * regularisers and encode P (fm_creamfl_site_train); the server fuses the uploads with the cross-modal ensemble and
+ * distills (fm_creamfl_server_aggregate), is evaluated and logged (finish). The in-process simulation
+ * (fm_creamfl_run) strings these together over one object that holds the server and every site; `fedmm server` and
+ * `fedmm client` open a server-only or a one-site object and call the same pieces in separate processes. After
+ * every round a checkpoint (server and site models with their optimizer state, the run's counters) makes the run
  * resumable to the same result. */
 #include "fedmm/creamfl.h"
 
@@ -163,8 +166,21 @@ typedef struct cream_site {
     int64_t rounds_trained; /* rounds it has been sampled in (0: it gets init_local_steps next time) */
 } cream_site;
 
-typedef struct cream {
+typedef struct round_stats {
+    double server_loss, distill_loss, site_loss, inter, intra;
+    double align_i, align_t, align_server; /* R@1 on P against the other modality's global representations */
+    double wmax_i, wmax_t;                 /* mean over P of the largest ensemble weight (1/K: plain mean) */
+} round_stats;
+
+/* Who an object is: the whole simulation, the server alone (`fedmm server`: sites laid out, none built), or one
+ * site alone (`fedmm client`: no server model, only that site's model and data). */
+enum { ROLE_SIM, ROLE_SERVER, ROLE_SITE };
+
+typedef struct fm_creamfl {
+    fm_creamfl_options opt; /* a copy; o points at it */
     const fm_creamfl_options *o;
+    int role;
+    int own_site; /* ROLE_SITE: its index */
     fm_device device;
     size_t n, d;
     int B, N;
@@ -198,6 +214,19 @@ typedef struct cream {
     uint8_t *trained_now; /* (N) sampled in the round being checkpointed */
     double bytes_up, bytes_down, ensemble_s, wall_before;
     int rounds_done;
+    /* the open round (server): its statistics so far, the CLIP losses summed over its server steps */
+    round_stats rs;
+    double clip_sum;
+    double down; /* payload bytes of one broadcast (ig and tg) */
+    /* a site's report of its last round: each value as the simulation accumulates it (fm_creamfl_site_report) */
+    int64_t max_steps; /* local_steps + init_local_steps */
+    float *rep_loss, *rep_inter, *rep_intra;
+    size_t n_loss, n_inter, n_intra;
+    /* the server's metrics files and clock */
+    fm_metrics_log log;
+    FILE *csv;
+    double t0;
+    int keep_rounds; /* checkpoints kept: 1 (the simulation), 2 (the networked server; see save_checkpoint) */
 } cream;
 
 static void *xcalloc(size_t n, size_t size, fm_status *s)
@@ -218,6 +247,12 @@ static uint64_t mix(uint64_t a, uint64_t b) { return a ^ (b + 0x9E3779B97F4A7C15
 static fm_creamfl_site_kind kind_of(fm_modality m)
 {
     return m == FM_MODALITY_IMAGE ? FM_CREAMFL_IMAGE : m == FM_MODALITY_TEXT ? FM_CREAMFL_TEXT : FM_CREAMFL_PAIRED;
+}
+
+/* Whether this object builds site i (its model, its data): the simulation builds every site, a site object itself. */
+static int builds_site(const cream *c, int i)
+{
+    return c->role == ROLE_SIM || (c->role == ROLE_SITE && i == c->own_site);
 }
 
 /* The sites' data: GROUPS cut each kind's split into equal contiguous shards; SCENARIO takes the scenario's split
@@ -270,30 +305,38 @@ static fm_status lay_out_sites(cream *c, const fm_synth_config *synth, const fm_
         if (s->n < 1)
             return fm_error(FM_ERR_CONFIG, "creamfl: site %d has no samples", i);
         c->sites_of_kind[s->kind]++;
-        if (!c->data[s->split])
+        if (builds_site(c, i) && !c->data[s->split])
             FM_TRY(fm_dataset_synth(&c->data[s->split], synth, s->split, tok, c->ctx));
     }
     return FM_OK;
 }
 
 static fm_status cream_init(cream *c, const fm_creamfl_options *o, const fm_synth_config *synth,
-                            const fm_tokenizer *tok, fm_device device)
+                            const fm_tokenizer *tok, fm_device device, int role, int own_site)
 {
     memset(c, 0, sizeof *c);
-    c->o = o;
+    c->opt = *o;
+    c->o = o = &c->opt;
+    c->role = role;
+    c->own_site = own_site;
+    c->keep_rounds = role == ROLE_SERVER ? 2 : 1;
     c->device = device;
     c->n = (size_t)o->public_size;
     c->d = (size_t)o->server.embed_dim;
     c->B = o->local.batch_size > o->server_opt.batch_size ? o->local.batch_size : o->server_opt.batch_size;
     c->N = total_sites(o);
     c->ctx = o->server.context_length;
+    c->max_steps = o->local_steps + o->init_local_steps;
     const int S = o->server.image_size;
     c->img_floats = (size_t)3 * S * S;
-    FM_TRY(fm_clip_create(&c->server, &o->server, device, o->seed));
-    FM_TRY(fm_optimizer_create(&c->server_opt, c->server));
-    if (o->distill == FM_CREAMFL_DISTILL_SEPARATE)
-        FM_TRY(fm_optimizer_create(&c->distill_opt, c->server));
-    FM_TRY(fm_dataset_synth(&c->test, synth, FM_SPLIT_TEST, tok, c->ctx));
+    const int server = role != ROLE_SITE, sites = role != ROLE_SERVER;
+    if (server) {
+        FM_TRY(fm_clip_create(&c->server, &o->server, device, o->seed));
+        FM_TRY(fm_optimizer_create(&c->server_opt, c->server));
+        if (o->distill == FM_CREAMFL_DISTILL_SEPARATE)
+            FM_TRY(fm_optimizer_create(&c->distill_opt, c->server));
+        FM_TRY(fm_dataset_synth(&c->test, synth, FM_SPLIT_TEST, tok, c->ctx));
+    }
     fm_dataset *pub = NULL;
     FM_TRY(fm_dataset_synth(&pub, synth, FM_SPLIT_PUBLIC, tok, c->ctx));
     fm_status st = FM_OK;
@@ -311,15 +354,23 @@ static fm_status cream_init(cream *c, const fm_creamfl_options *o, const fm_synt
     fm_dataset_destroy(pub);
     FM_TRY(st);
     const size_t nd = c->n * c->d, Bd = (size_t)c->B * c->d, m = (size_t)(c->N > 0 ? o->sites_per_round : 1);
-    c->ig = xcalloc(nd, sizeof(float), &st);
-    c->tg = xcalloc(nd, sizeof(float), &st);
-    c->old_i = xcalloc(nd, sizeof(float), &st);
-    c->old_t = xcalloc(nd, sizeof(float), &st);
-    c->agg_i = xcalloc(nd, sizeof(float), &st);
-    c->agg_t = xcalloc(nd, sizeof(float), &st);
-    c->up = xcalloc(m * 2 * nd, sizeof(float), &st);
-    c->scores = xcalloc(m * c->n, sizeof(float), &st);
-    c->align_tile = xcalloc((size_t)ALIGN_TR * ALIGN_TC + 2 * ALIGN_TR, sizeof(float), &st);
+    if (server) { /* the global representations, the ensemble's */
+        c->ig = xcalloc(nd, sizeof(float), &st);
+        c->tg = xcalloc(nd, sizeof(float), &st);
+        c->agg_i = xcalloc(nd, sizeof(float), &st);
+        c->agg_t = xcalloc(nd, sizeof(float), &st);
+        c->scores = xcalloc(m * c->n, sizeof(float), &st);
+        c->align_tile = xcalloc((size_t)ALIGN_TR * ALIGN_TC + 2 * ALIGN_TR, sizeof(float), &st);
+    }
+    if (sites) { /* a training site's round-start representations and its report */
+        c->old_i = xcalloc(nd, sizeof(float), &st);
+        c->old_t = xcalloc(nd, sizeof(float), &st);
+        c->rep_loss = xcalloc((size_t)c->max_steps, sizeof(float), &st);
+        c->rep_inter = xcalloc(2 * (size_t)c->max_steps, sizeof(float), &st);
+        c->rep_intra = xcalloc(2 * (size_t)c->max_steps, sizeof(float), &st);
+    }
+    if (role == ROLE_SIM) /* what the sampled sites send */
+        c->up = xcalloc(m * 2 * nd, sizeof(float), &st);
     c->blabels = xcalloc((size_t)c->B, sizeof(int32_t), &st);
     c->bmod = xcalloc((size_t)c->B, 1, &st);
     c->pos = xcalloc((size_t)c->B, sizeof(int64_t), &st);
@@ -338,6 +389,8 @@ static fm_status cream_init(cream *c, const fm_creamfl_options *o, const fm_synt
     FM_TRY(lay_out_sites(c, synth, tok));
     for (int i = 0; i < c->N; i++) {
         cream_site *s = &c->sites[i];
+        if (!builds_site(c, i))
+            continue;
         FM_TRY(fm_clip_create(&s->model, &o->site_model[s->kind], device, mix(o->seed, 1000 + (uint64_t)i)));
         FM_TRY(fm_optimizer_create(&s->opt, s->model));
     }
@@ -361,8 +414,9 @@ static void cream_free(cream *c)
     fm_optimizer_destroy(c->distill_opt);
     fm_clip_destroy(c->server);
     fm_batch_free(&c->batch);
-    float *fl[] = {c->pub_images, c->ig,    c->tg,   c->old_i, c->old_t, c->up,    c->agg_i,  c->agg_t,
-                   c->emb_i,      c->emb_t, c->dz_i, c->dz_t,  c->gat_g, c->gat_o, c->scores, c->align_tile};
+    float *fl[] = {c->pub_images, c->ig,         c->tg,       c->old_i,     c->old_t,    c->up,    c->agg_i,
+                   c->agg_t,      c->emb_i,      c->emb_t,    c->dz_i,      c->dz_t,     c->gat_g, c->gat_o,
+                   c->scores,     c->align_tile, c->rep_loss, c->rep_inter, c->rep_intra};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
         free(fl[i]);
     free(c->pub_tokens);
@@ -373,6 +427,9 @@ static void cream_free(cream *c)
     free(c->pidx);
     free(c->order);
     free(c->trained_now);
+    if (c->csv)
+        fclose(c->csv);
+    fm_metrics_close(&c->log);
 }
 
 /* ---- pieces of a round ------------------------------------------------------------------------------------ */
@@ -417,12 +474,9 @@ static double send(cream *c, float *x)
     return (double)(c->n * c->d) * (c->o->rep_bf16 ? 2.0 : 4.0);
 }
 
-typedef struct site_stats {
-    double loss, inter, intra;
-} site_stats;
-
-/* One local step: the private loss, then λ·(L_inter + L_intra) on a public batch, one optimizer step. */
-static fm_status site_step(cream *c, cream_site *s, fm_sampler *priv, fm_sampler *pub, site_stats *acc)
+/* One local step: the private loss, then λ·(L_inter + L_intra) on a public batch against the round's global
+ * representations ig, tg (n, d), one optimizer step. The losses are appended to the site's report. */
+static fm_status site_step(cream *c, cream_site *s, fm_sampler *priv, fm_sampler *pub, const float *ig, const float *tg)
 {
     const fm_creamfl_options *o = c->o;
     const int B = o->local.batch_size;
@@ -447,7 +501,7 @@ static fm_status site_step(cream *c, cream_site *s, fm_sampler *priv, fm_sampler
     if (!isfinite(loss))
         return fm_error(FM_ERR_NOT_FINITE, "creamfl: %s site private loss is %f", fm_creamfl_site_kind_name(s->kind),
                         (double)loss);
-    acc->loss += loss;
+    c->rep_loss[c->n_loss++] = loss;
     if (o->lambda > 0.0f && (o->inter || o->intra)) {
         fm_sampler_next(pub, c->pidx, B);
         gather_public(c, c->pidx, B);
@@ -459,19 +513,19 @@ static fm_status site_step(cream *c, cream_site *s, fm_sampler *priv, fm_sampler
             if (!(mod == 0 ? hi : ht))
                 continue;
             float *z = mod == 0 ? c->emb_i : c->emb_t, *dz = mod == 0 ? c->dz_i : c->dz_t;
-            const float *same = mod == 0 ? c->ig : c->tg, *other = mod == 0 ? c->tg : c->ig;
+            const float *same = mod == 0 ? ig : tg, *other = mod == 0 ? tg : ig;
             const float *old = mod == 0 ? c->old_i : c->old_t;
             memset(dz, 0, Bd * sizeof(float));
             float l = 0.0f;
             if (o->inter) {
                 FM_TRY(fm_creamfl_inter_loss(z, B, c->d, other, c->n, c->pidx, o->tau, o->lambda, dz, &l));
-                acc->inter += l;
+                c->rep_inter[c->n_inter++] = l;
             }
             if (o->intra) {
                 gather_rows(c->gat_g, same, c->pidx, B, c->d);
                 gather_rows(c->gat_o, old, c->pidx, B, c->d);
                 FM_TRY(fm_creamfl_intra_loss(z, c->gat_g, c->gat_o, B, c->d, o->tau, o->lambda, dz, &l));
-                acc->intra += l;
+                c->rep_intra[c->n_intra++] = l;
             }
         }
         FM_TRY(fm_clip_backward(s->model, hi ? c->dz_i : NULL, ht ? c->dz_t : NULL));
@@ -479,9 +533,11 @@ static fm_status site_step(cream *c, cream_site *s, fm_sampler *priv, fm_sampler
     return fm_optimizer_apply(s->model, s->opt, &o->local, o->local.lr, NULL);
 }
 
-/* Site `si`'s part of round `round`: encode P (its frozen round-start representations), train, encode P and
- * "send" the result into up_i / up_t. *steps gets the local steps it took. */
-static fm_status run_site(cream *c, int si, int round, float *up_i, float *up_t, site_stats *acc, int64_t *steps)
+/* Site `si`'s part of round `round`: encode P (its frozen round-start representations), train against ig / tg,
+ * encode P and "send" the result into up_i / up_t. The report (c->rep_*) gets what it measured; *steps the local
+ * steps it took. */
+static fm_status run_site(cream *c, int si, int round, const float *ig, const float *tg, float *up_i, float *up_t,
+                          int64_t *steps)
 {
     const fm_creamfl_options *o = c->o;
     cream_site *s = &c->sites[si];
@@ -500,8 +556,9 @@ static fm_status run_site(cream *c, int si, int round, float *up_i, float *up_t,
         return st;
     }
     *steps = o->local_steps + (s->rounds_trained == 0 ? o->init_local_steps : 0);
+    c->n_loss = c->n_inter = c->n_intra = 0;
     for (int64_t step = 0; st == FM_OK && step < *steps; step++)
-        st = site_step(c, s, &priv, &pub, acc);
+        st = site_step(c, s, &priv, &pub, ig, tg);
     fm_sampler_free(&priv);
     fm_sampler_free(&pub);
     FM_TRY(st);
@@ -633,12 +690,6 @@ static fm_status align_r1(const float *R, const float *G, size_t n, size_t d, fl
     return FM_OK;
 }
 
-typedef struct round_stats {
-    double server_loss, distill_loss, site_loss, inter, intra;
-    double align_i, align_t, align_server; /* R@1 on P against the other modality's global representations */
-    double wmax_i, wmax_t;                 /* mean over P of the largest ensemble weight (1/K: plain mean) */
-} round_stats;
-
 /* The ensemble of K uploads of one modality against the other modality's global representations: the fused
  * representations (the softmax of the scores, or the plain mean in the ablation), the mean R@1 on P of the
  * uploads against `other` into *align, and the mean largest weight into *wmax. */
@@ -646,9 +697,14 @@ static fm_status ensemble(cream *c, const float *const *reps, int K, const float
                           double *wmax)
 {
     const fm_creamfl_options *o = c->o;
-    if (o->ensemble)
-        FM_TRY(fm_creamfl_ensemble_scores(reps, K, other, c->n, c->d, o->tiles, c->scores));
-    FM_TRY(fm_creamfl_fuse(reps, K, c->n, c->d, o->ensemble ? c->scores : NULL, agg));
+    if (c->device == FM_DEVICE_CUDA) { /* on the GPU; bf16 score tiles are exact on bf16 representations */
+        FM_TRY(fm_creamfl_ensemble_staged(c->device, o->rep_bf16 ? FM_CREAMFL_BF16 : FM_CREAMFL_FP32, reps, K, other,
+                                          c->n, c->d, o->tiles, !o->ensemble, agg, c->scores));
+    } else {
+        if (o->ensemble)
+            FM_TRY(fm_creamfl_ensemble_scores(reps, K, other, c->n, c->d, o->tiles, c->scores));
+        FM_TRY(fm_creamfl_fuse(reps, K, c->n, c->d, o->ensemble ? c->scores : NULL, agg));
+    }
     double top = 0.0; /* mean over P of the largest site weight: 1/K is the plain mean */
     for (size_t p = 0; p < c->n; p++) {
         float w = o->ensemble ? 0.0f : 1.0f / (float)K;
@@ -667,72 +723,140 @@ static fm_status ensemble(cream *c, const float *const *reps, int K, const float
     return FM_OK;
 }
 
-static fm_status run_round(cream *c, int round, round_stats *rs)
+/* The server steps a round takes (the denominator of server_loss). */
+static int64_t server_step_count(const fm_creamfl_options *o, int round)
+{
+    return o->server_steps + (round == 1 ? o->server_init_steps : 0) +
+           (o->distill == FM_CREAMFL_DISTILL_JOINT ? o->distill_steps : 0);
+}
+
+/* Step 1 of round `round`: the server trains on P and encodes it into ig, tg, rounded as they travel; the round's
+ * statistics start over. Without sites (the public-only baseline) the server takes its distillation-phase steps
+ * with the CLIP loss alone instead, and the round is over. */
+static fm_status broadcast(cream *c, int round)
 {
     const fm_creamfl_options *o = c->o;
+    round_stats *rs = &c->rs;
     memset(rs, 0, sizeof *rs);
     rs->site_loss = rs->inter = rs->intra = rs->distill_loss = NAN;
     rs->align_i = rs->align_t = rs->align_server = rs->wmax_i = rs->wmax_t = NAN;
     memset(c->trained_now, 0, (size_t)c->N);
-    /* 1. the server trains on P and encodes it */
-    double clip_sum = 0.0;
-    FM_TRY(server_train(c, round, &clip_sum));
-    const int64_t server_steps = o->server_steps + (round == 1 ? o->server_init_steps : 0) +
-                                 (o->distill == FM_CREAMFL_DISTILL_JOINT ? o->distill_steps : 0);
+    c->clip_sum = 0.0;
+    FM_TRY(server_train(c, round, &c->clip_sum));
+    const int64_t server_steps = server_step_count(o, round);
     if (c->N == 0) { /* the public-only baseline: the same steps, the CLIP loss alone */
-        FM_TRY(server_distill(c, round, 0, 0, &clip_sum, &rs->distill_loss));
-        rs->server_loss = server_steps > 0 ? clip_sum / (double)server_steps : NAN;
+        FM_TRY(server_distill(c, round, 0, 0, &c->clip_sum, &rs->distill_loss));
+        rs->server_loss = server_steps > 0 ? c->clip_sum / (double)server_steps : NAN;
         return FM_OK;
     }
     FM_TRY(encode_public(c, c->server, c->ig, c->tg));
     FM_TRY(align_r1(c->ig, c->tg, c->n, c->d, c->align_tile, ALIGN_TR, ALIGN_TC, &rs->align_server));
-    /* 2–3. sampled sites (in index order) train and encode P */
-    const int m = o->sites_per_round;
-    fm_rng rng = fm_rng_make(o->seed, 0xC4EA0000ULL + (uint64_t)round);
-    fm_rng_permutation(&rng, c->order, (size_t)c->N);
-    for (int i = 1; i < m; i++)
-        for (int j = i; j > 0 && c->order[j - 1] > c->order[j]; j--) {
-            int32_t t = c->order[j];
-            c->order[j] = c->order[j - 1];
-            c->order[j - 1] = t;
-        }
     /* the sites receive ig and tg: as bf16 when representations travel so */
-    const double down = send(c, c->ig) + send(c, c->tg);
-    const size_t nd = c->n * c->d;
-    const float *reps_i[4096], *reps_t[4096];
-    if (m > 4096)
-        return fm_error(FM_ERR_CONFIG, "creamfl: more than 4096 sites per round");
-    int Ki = 0, Kt = 0;
-    site_stats acc = {0, 0, 0};
-    int64_t steps = 0;
-    for (int i = 0; i < m; i++) {
-        const int si = c->order[i];
-        float *up_i = c->up + (size_t)i * 2 * nd, *up_t = up_i + nd;
-        c->bytes_down += down;
-        int64_t taken = 0;
-        FM_TRY(run_site(c, si, round, up_i, up_t, &acc, &taken));
-        steps += taken;
-        c->trained_now[si] = 1;
-        if (has_image(&c->sites[si]))
-            reps_i[Ki++] = up_i;
-        if (has_text(&c->sites[si]))
-            reps_t[Kt++] = up_t;
-    }
-    const double den = (double)(steps > 0 ? steps : 1);
-    rs->site_loss = acc.loss / den;
-    rs->inter = o->inter ? acc.inter / den : NAN;
-    rs->intra = o->intra ? acc.intra / den : NAN;
-    /* 4. the ensemble: images scored against the global texts, texts against the global images */
+    c->down = send(c, c->ig) + send(c, c->tg);
+    return FM_OK;
+}
+
+/* The first m of a permutation of the N sites drawn from (seed, round), sorted: the sites round `round` trains.
+ * order (N) receives the permutation with its first m entries sorted. */
+static void draw_sites(uint64_t seed, int round, int N, int m, int32_t *order)
+{
+    fm_rng rng = fm_rng_make(seed, 0xC4EA0000ULL + (uint64_t)round);
+    fm_rng_permutation(&rng, order, (size_t)N);
+    for (int i = 1; i < m; i++)
+        for (int j = i; j > 0 && order[j - 1] > order[j]; j--) {
+            int32_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+}
+
+/* The sites' statistics of a round, summed in site order and step order as one running sum each. */
+typedef struct site_acc {
+    double loss, inter, intra;
+    int64_t steps;
+} site_acc;
+
+static void account(site_acc *acc, const fm_creamfl_site_report *r)
+{
+    for (size_t i = 0; i < r->n_loss; i++)
+        acc->loss += r->loss[i];
+    for (size_t i = 0; i < r->n_inter; i++)
+        acc->inter += r->inter[i];
+    for (size_t i = 0; i < r->n_intra; i++)
+        acc->intra += r->intra[i];
+    acc->steps += r->steps;
+}
+
+static void site_means(cream *c, const site_acc *acc)
+{
+    const double den = (double)(acc->steps > 0 ? acc->steps : 1);
+    c->rs.site_loss = acc->loss / den;
+    c->rs.inter = c->o->inter ? acc->inter / den : NAN;
+    c->rs.intra = c->o->intra ? acc->intra / den : NAN;
+}
+
+/* The report of the site that trained last (its lists are the object's). */
+static fm_creamfl_site_report last_report(const cream *c, int64_t steps)
+{
+    fm_creamfl_site_report r = {.steps = steps,
+                                .loss = c->rep_loss,
+                                .n_loss = c->n_loss,
+                                .inter = c->rep_inter,
+                                .n_inter = c->n_inter,
+                                .intra = c->rep_intra,
+                                .n_intra = c->n_intra};
+    return r;
+}
+
+/* Steps 4–5: the ensemble of the uploads (images scored against the global texts, texts against the global images),
+ * then the distillation. */
+static fm_status aggregate(cream *c, int round, const float *const *reps_i, int Ki, const float *const *reps_t, int Kt)
+{
+    round_stats *rs = &c->rs;
     const double t0 = fm_now_seconds();
     if (Ki > 0)
         FM_TRY(ensemble(c, reps_i, Ki, c->tg, c->agg_i, &rs->align_i, &rs->wmax_i));
     if (Kt > 0)
         FM_TRY(ensemble(c, reps_t, Kt, c->ig, c->agg_t, &rs->align_t, &rs->wmax_t));
     c->ensemble_s += fm_now_seconds() - t0;
-    /* 5. distillation */
-    FM_TRY(server_distill(c, round, Ki > 0, Kt > 0, &clip_sum, &rs->distill_loss));
-    rs->server_loss = server_steps > 0 ? clip_sum / (double)server_steps : NAN;
+    FM_TRY(server_distill(c, round, Ki > 0, Kt > 0, &c->clip_sum, &rs->distill_loss));
+    const int64_t server_steps = server_step_count(c->o, round);
+    rs->server_loss = server_steps > 0 ? c->clip_sum / (double)server_steps : NAN;
     return FM_OK;
+}
+
+/* A whole round in one process (the simulation): the server's step 1, the sampled sites in index order, steps 4–5. */
+static fm_status run_round(cream *c, int round)
+{
+    const fm_creamfl_options *o = c->o;
+    FM_TRY(broadcast(c, round));
+    if (c->N == 0)
+        return FM_OK;
+    /* 2–3. sampled sites (in index order) train and encode P */
+    const int m = o->sites_per_round;
+    if (m > 4096)
+        return fm_error(FM_ERR_CONFIG, "creamfl: more than 4096 sites per round");
+    draw_sites(o->seed, round, c->N, m, c->order);
+    const size_t nd = c->n * c->d;
+    const float *reps_i[4096], *reps_t[4096];
+    int Ki = 0, Kt = 0;
+    site_acc acc = {0, 0, 0, 0};
+    for (int i = 0; i < m; i++) {
+        const int si = c->order[i];
+        float *up_i = c->up + (size_t)i * 2 * nd, *up_t = up_i + nd;
+        c->bytes_down += c->down;
+        int64_t taken = 0;
+        FM_TRY(run_site(c, si, round, c->ig, c->tg, up_i, up_t, &taken));
+        const fm_creamfl_site_report r = last_report(c, taken);
+        account(&acc, &r);
+        c->trained_now[si] = 1;
+        if (has_image(&c->sites[si]))
+            reps_i[Ki++] = up_i;
+        if (has_text(&c->sites[si]))
+            reps_t[Kt++] = up_t;
+    }
+    site_means(c, &acc);
+    return aggregate(c, round, reps_i, Ki, reps_t, Kt);
 }
 
 /* The mean test metrics of the sites that hold both modalities and have trained (NaN when there is none). */
@@ -742,7 +866,7 @@ static fm_status evaluate_sites(cream *c, fm_eval_result *mean, int *count)
     *count = 0;
     for (int i = 0; i < c->N; i++) {
         cream_site *s = &c->sites[i];
-        if (s->modality != FM_MODALITY_PAIRED || s->rounds_trained == 0)
+        if (!s->model || s->modality != FM_MODALITY_PAIRED || s->rounds_trained == 0)
             continue;
         fm_eval_result e;
         FM_TRY(fm_evaluate(s->model, c->test, c->o->eval_size, &e));
@@ -813,7 +937,9 @@ static fm_status log_round(cream *c, fm_metrics_log *log, FILE *csv, int round, 
  * and step) and run.safetensors (the counters, each site's rounds, the LoRA dropout steps). A site that did not
  * train in round R is hard-linked from round R−1 rather than written again. DIR/latest → round-R is switched by an
  * atomic rename of a symlink once the round is complete, then round R−1 is removed: a crash at any point leaves
- * DIR/latest naming a complete round. */
+ * DIR/latest naming a complete round. The networked server (`fedmm server`) has no site files and keeps round R−1
+ * until round R+1 is written: its resume takes the round its control-plane state names (written after this
+ * checkpoint), which may be the one before DIR/latest. */
 
 static void round_dir(char *buf, size_t cap, const char *out, int round)
 {
@@ -847,7 +973,7 @@ static fm_status save_run_state(cream *c, const char *path)
         drop[0] = (int64_t)fm_clip_dropout_step(c->server);
         for (size_t i = 0; i < N; i++) {
             rounds[i] = c->sites[i].rounds_trained;
-            drop[i + 1] = (int64_t)fm_clip_dropout_step(c->sites[i].model);
+            drop[i + 1] = c->sites[i].model ? (int64_t)fm_clip_dropout_step(c->sites[i].model) : 0;
         }
     }
     char num[64];
@@ -889,6 +1015,8 @@ static fm_status save_checkpoint(cream *c)
         FM_TRY(fm_checkpoint_save(c->server, c->distill_opt, path));
     }
     for (int i = 0; i < c->N; i++) {
+        if (!c->sites[i].model)
+            continue; /* the networked server: each site keeps its own model */
         snprintf(path, sizeof path, "%s/site-%d.safetensors", dir, i);
         snprintf(from, sizeof from, "%s/site-%d.safetensors", prev, i);
         unlink(path); /* a leftover of a crash while this round was being written */
@@ -904,8 +1032,8 @@ static fm_status save_checkpoint(cream *c)
     unlink(link_tmp);
     if (symlink(target, link_tmp) != 0 || rename(link_tmp, link_path) != 0)
         return fm_error(FM_ERR_IO, "checkpoint: linking %s: %s", link_path, strerror(errno));
-    if (r > 1)
-        remove_round(c, r - 1);
+    if (r > c->keep_rounds)
+        remove_round(c, r - c->keep_rounds);
     return FM_OK;
 }
 
@@ -952,7 +1080,8 @@ static fm_status load_run_state(cream *c, const char *path)
         st = fm_clip_set_dropout_step(c->server, (uint64_t)drop[0]);
         for (size_t i = 0; st == FM_OK && i < N; i++) {
             c->sites[i].rounds_trained = rounds[i];
-            st = fm_clip_set_dropout_step(c->sites[i].model, (uint64_t)drop[i + 1]);
+            if (c->sites[i].model)
+                st = fm_clip_set_dropout_step(c->sites[i].model, (uint64_t)drop[i + 1]);
         }
     }
     fm_st_close(f);
@@ -961,16 +1090,10 @@ static fm_status load_run_state(cream *c, const char *path)
     return st;
 }
 
-static fm_status load_checkpoint(cream *c, int *found)
+/* The checkpoint in `dir` (a DIR/round-R directory). */
+static fm_status load_dir(cream *c, const char *dir)
 {
-    char link_path[4200], target[256], dir[4600], path[4700];
-    snprintf(link_path, sizeof link_path, "%s/latest", c->o->out_dir);
-    *found = 0;
-    ssize_t n = readlink(link_path, target, sizeof target - 1);
-    if (n < 0)
-        return FM_OK;
-    target[n] = '\0';
-    snprintf(dir, sizeof dir, "%s/%s", c->o->out_dir, target);
+    char path[4700];
     snprintf(path, sizeof path, "%s/run.safetensors", dir);
     FM_TRY(load_run_state(c, path));
     if (c->distill_opt) { /* first: it holds the same trainable vector as server.safetensors */
@@ -980,9 +1103,26 @@ static fm_status load_checkpoint(cream *c, int *found)
     snprintf(path, sizeof path, "%s/server.safetensors", dir);
     FM_TRY(fm_checkpoint_load(c->server, c->server_opt, path));
     for (int i = 0; i < c->N; i++) {
+        if (!c->sites[i].model)
+            continue;
         snprintf(path, sizeof path, "%s/site-%d.safetensors", dir, i);
         FM_TRY(fm_checkpoint_load(c->sites[i].model, c->sites[i].opt, path));
     }
+    return FM_OK;
+}
+
+/* The checkpoint DIR/latest names, if there is one (*found = 0 otherwise). */
+static fm_status load_checkpoint(cream *c, int *found)
+{
+    char link_path[4200], target[256], dir[4600];
+    snprintf(link_path, sizeof link_path, "%s/latest", c->o->out_dir);
+    *found = 0;
+    ssize_t n = readlink(link_path, target, sizeof target - 1);
+    if (n < 0)
+        return FM_OK;
+    target[n] = '\0';
+    snprintf(dir, sizeof dir, "%s/%s", c->o->out_dir, target);
+    FM_TRY(load_dir(c, dir));
     *found = 1;
     return FM_OK;
 }
@@ -1021,6 +1161,62 @@ static fm_status trim_rows(const char *path, int rounds_done, int csv)
     return FM_OK;
 }
 
+/* ---- a round's end on the server, and the metrics files ----------------------------------------------------- */
+
+/* DIR/metrics.jsonl (or o->metrics_path) and DIR/summary.csv: started over, or (resumed) with the rows of the rounds
+ * after the checkpoint's dropped. */
+static fm_status open_logs(cream *c, int resumed)
+{
+    const fm_creamfl_options *o = c->o;
+    char path[4096];
+    const char *mp = o->metrics_path;
+    if (!mp) {
+        snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
+        mp = path;
+    }
+    if (resumed && strcmp(mp, "-") != 0)
+        FM_TRY(trim_rows(mp, c->rounds_done, 0));
+    FM_TRY(fm_metrics_open(&c->log, mp, resumed));
+    char csv_path[4200];
+    snprintf(csv_path, sizeof csv_path, "%s/summary.csv", o->out_dir);
+    if (resumed)
+        FM_TRY(trim_rows(csv_path, c->rounds_done, 1));
+    c->csv = fopen(csv_path, resumed ? "a" : "w");
+    if (!c->csv)
+        return fm_error(FM_ERR_IO, "%s: %s", csv_path, strerror(errno));
+    for (size_t k = 0; !resumed && k < N_LOG_KEYS; k++)
+        fprintf(c->csv, "%s%s", log_keys[k], k + 1 < N_LOG_KEYS ? "," : "\n");
+    return FM_OK;
+}
+
+/* After round `round`'s steps: the evaluation when it is due (*evaluated, into *ev), the sites' when asked for, the
+ * round's metrics line, the checkpoint. */
+static fm_status finish_round(cream *c, int round, fm_eval_result *ev, int *evaluated)
+{
+    const fm_creamfl_options *o = c->o;
+    c->rounds_done = round;
+    const int do_eval = round == o->rounds || (o->eval_every > 0 && round % o->eval_every == 0);
+    *evaluated = 0;
+    int n_sites_ev = 0;
+    fm_eval_result sites_ev;
+    if (do_eval) {
+        FM_TRY(fm_evaluate(c->server, c->test, o->eval_size, ev));
+        *evaluated = 1;
+    }
+    if (do_eval && o->eval_sites)
+        FM_TRY(evaluate_sites(c, &sites_ev, &n_sites_ev));
+    const double wall = c->wall_before + (fm_now_seconds() - c->t0);
+    FM_TRY(log_round(c, &c->log, c->csv, round, &c->rs, do_eval ? ev : NULL, n_sites_ev ? &sites_ev : NULL, wall));
+    if (o->checkpoint) {
+        const double keep = c->wall_before;
+        c->wall_before = wall;
+        const fm_status st = save_checkpoint(c);
+        c->wall_before = keep;
+        FM_TRY(st);
+    }
+    return FM_OK;
+}
+
 /* ---- the run ------------------------------------------------------------------------------------------------ */
 
 fm_status fm_creamfl_run(const fm_creamfl_options *o, const fm_synth_config *synth, const fm_tokenizer *tok,
@@ -1033,96 +1229,273 @@ fm_status fm_creamfl_run(const fm_creamfl_options *o, const fm_synth_config *syn
         *server_out = NULL;
     FM_TRY(fm_creamfl_validate(o, synth));
     const double t0 = fm_now_seconds();
-    cream c;
-    fm_status st = cream_init(&c, o, synth, tok, device);
+    cream *c = calloc(1, sizeof *c);
+    if (!c)
+        return fm_error(FM_ERR_NO_MEMORY, "creamfl: out of memory");
+    fm_status st = cream_init(c, o, synth, tok, device, ROLE_SIM, -1);
+    o = c->o;
+    c->t0 = t0;
     int found = 0;
     if (st == FM_OK && o->resume)
-        st = load_checkpoint(&c, &found);
+        st = load_checkpoint(c, &found);
     if (st == FM_OK && o->resume)
         FM_INFO(found ? "creamfl: resuming after round %d" : "creamfl: no checkpoint to resume from (round %d)",
-                c.rounds_done);
-    fm_metrics_log log;
-    memset(&log, 0, sizeof log);
-    FILE *csv = NULL;
-    char path[4096];
-    const char *mp = o->metrics_path;
-    if (!mp) {
-        snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
-        mp = path;
-    }
-    if (st == FM_OK && found && strcmp(mp, "-") != 0)
-        st = trim_rows(mp, c.rounds_done, 0);
+                c->rounds_done);
     if (st == FM_OK)
-        st = fm_metrics_open(&log, mp, found);
-    char csv_path[4200];
-    snprintf(csv_path, sizeof csv_path, "%s/summary.csv", o->out_dir);
-    if (st == FM_OK && found)
-        st = trim_rows(csv_path, c.rounds_done, 1);
-    if (st == FM_OK) {
-        csv = fopen(csv_path, found ? "a" : "w");
-        if (!csv)
-            st = fm_error(FM_ERR_IO, "%s: %s", csv_path, strerror(errno));
-        for (size_t k = 0; !found && csv && k < N_LOG_KEYS; k++)
-            fprintf(csv, "%s%s", log_keys[k], k + 1 < N_LOG_KEYS ? "," : "\n");
-    }
+        st = open_logs(c, found);
     fm_progress bar;
     memset(&bar, 0, sizeof bar);
     if (o->progress)
-        fm_progress_begin(&bar, stderr, c.N ? "creamfl" : "creamfl (public only)", o->rounds);
-    fm_eval_result ev, sites_ev;
+        fm_progress_begin(&bar, stderr, c->N ? "creamfl" : "creamfl (public only)", o->rounds);
+    fm_eval_result ev;
     memset(&ev, 0, sizeof ev);
     int have_eval = 0;
-    result->resumed_from = c.rounds_done;
-    while (st == FM_OK && c.rounds_done < o->rounds) {
-        const int round = c.rounds_done + 1;
-        round_stats rs;
-        st = run_round(&c, round, &rs);
-        if (st != FM_OK)
-            break;
-        c.rounds_done = round;
-        const int do_eval = round == o->rounds || (o->eval_every > 0 && round % o->eval_every == 0);
-        int n_sites_ev = 0;
-        if (do_eval) {
-            st = fm_evaluate(c.server, c.test, o->eval_size, &ev);
-            have_eval = st == FM_OK;
-        }
-        if (st == FM_OK && do_eval && o->eval_sites)
-            st = evaluate_sites(&c, &sites_ev, &n_sites_ev);
-        const double wall = c.wall_before + (fm_now_seconds() - t0);
+    result->resumed_from = c->rounds_done;
+    while (st == FM_OK && c->rounds_done < o->rounds) {
+        const int round = c->rounds_done + 1;
+        st = run_round(c, round);
+        int evaluated = 0;
         if (st == FM_OK)
-            st = log_round(&c, &log, csv, round, &rs, do_eval ? &ev : NULL, n_sites_ev ? &sites_ev : NULL, wall);
-        if (st == FM_OK && o->checkpoint) {
-            const double keep = c.wall_before;
-            c.wall_before = wall;
-            st = save_checkpoint(&c);
-            c.wall_before = keep;
-        }
+            st = finish_round(c, round, &ev, &evaluated);
+        have_eval |= evaluated;
         if (st == FM_OK)
             result->rounds_done = round;
         if (st == FM_OK && o->progress)
-            fm_progress_update(&bar, round, "round %d server %.3f | i2t R@1 %.3f t2i R@1 %.3f", round, rs.server_loss,
-                               ev.retrieval.i2t_r1, ev.retrieval.t2i_r1);
+            fm_progress_update(&bar, round, "round %d server %.3f | i2t R@1 %.3f t2i R@1 %.3f", round,
+                               c->rs.server_loss, ev.retrieval.i2t_r1, ev.retrieval.t2i_r1);
     }
     if (o->progress)
         fm_progress_end(&bar);
     if (st == FM_OK && !have_eval) { /* a resumed run that had nothing left to do */
-        st = fm_evaluate(c.server, c.test, o->eval_size, &ev);
-        result->rounds_done = c.rounds_done;
+        st = fm_evaluate(c->server, c->test, o->eval_size, &ev);
+        result->rounds_done = c->rounds_done;
     }
-    if (csv)
-        fclose(csv);
-    fm_metrics_close(&log);
     result->last_eval = ev;
-    result->bytes_up = c.bytes_up;
-    result->bytes_down = c.bytes_down;
-    result->ensemble_s = c.ensemble_s;
-    result->wall_s = c.wall_before + (fm_now_seconds() - t0);
+    result->bytes_up = c->bytes_up;
+    result->bytes_down = c->bytes_down;
+    result->ensemble_s = c->ensemble_s;
+    result->wall_s = c->wall_before + (fm_now_seconds() - t0);
     for (int k = 0; k < FM_CREAMFL_KINDS; k++)
-        result->sites_of_kind[k] = c.sites_of_kind[k];
+        result->sites_of_kind[k] = c->sites_of_kind[k];
     if (st == FM_OK && server_out) {
-        *server_out = c.server; /* handed over */
-        c.server = NULL;
+        *server_out = c->server; /* handed over */
+        c->server = NULL;
     }
-    cream_free(&c);
+    cream_free(c);
+    free(c);
     return st;
+}
+
+/* ---- the server's side and a site's side, apart ------------------------------------------------------------- */
+
+static fm_status open_role(fm_creamfl **out, const fm_creamfl_options *o, const fm_synth_config *synth,
+                           const fm_tokenizer *tok, fm_device device, int role, int site)
+{
+    if (!out || !o || !synth || !tok)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl: NULL argument");
+    *out = NULL;
+    FM_TRY(fm_creamfl_validate(o, synth));
+    if (total_sites(o) == 0)
+        return fm_error(FM_ERR_CONFIG, "creamfl: no sites (the public-only baseline runs in one process: fedmm sim)");
+    if (role == ROLE_SITE && (site < 0 || site >= total_sites(o)))
+        return fm_error(FM_ERR_CONFIG, "creamfl: site %d is not in [0, %d)", site, total_sites(o));
+    cream *c = calloc(1, sizeof *c);
+    if (!c)
+        return fm_error(FM_ERR_NO_MEMORY, "creamfl: out of memory");
+    fm_status st = cream_init(c, o, synth, tok, device, role, site);
+    if (st != FM_OK) {
+        cream_free(c);
+        free(c);
+        return st;
+    }
+    *out = c;
+    return FM_OK;
+}
+
+fm_status fm_creamfl_server_open(fm_creamfl **out, const fm_creamfl_options *o, const fm_synth_config *synth,
+                                 const fm_tokenizer *tok, fm_device device)
+{
+    return open_role(out, o, synth, tok, device, ROLE_SERVER, -1);
+}
+
+fm_status fm_creamfl_site_open(fm_creamfl **out, const fm_creamfl_options *o, const fm_synth_config *synth,
+                               const fm_tokenizer *tok, fm_device device, int site)
+{
+    return open_role(out, o, synth, tok, device, ROLE_SITE, site);
+}
+
+void fm_creamfl_close(fm_creamfl *c)
+{
+    if (!c)
+        return;
+    cream_free(c);
+    free(c);
+}
+
+size_t fm_creamfl_public_count(const fm_creamfl *c) { return c->n; }
+size_t fm_creamfl_embed_dim(const fm_creamfl *c) { return c->d; }
+int fm_creamfl_num_sites(const fm_creamfl *c) { return c->N; }
+
+fm_modality fm_creamfl_site_modality(const fm_creamfl *c, int site)
+{
+    return site >= 0 && site < c->N ? c->sites[site].modality : FM_MODALITY_NONE;
+}
+
+int64_t fm_creamfl_site_samples(const fm_creamfl *c, int site)
+{
+    return site >= 0 && site < c->N ? c->sites[site].n : 0;
+}
+
+fm_clip *fm_creamfl_server_model(fm_creamfl *c) { return c->server; }
+
+fm_status fm_creamfl_round_sites(uint64_t seed, int round, int num_sites, int m, int *chosen)
+{
+    if (num_sites < 1 || m < 1 || m > num_sites || !chosen)
+        return fm_error(FM_ERR_CONFIG, "creamfl: %d sites per round of %d sites", m, num_sites);
+    int32_t *order = malloc((size_t)num_sites * sizeof *order);
+    if (!order)
+        return fm_error(FM_ERR_NO_MEMORY, "creamfl: out of memory");
+    draw_sites(seed, round, num_sites, m, order);
+    for (int i = 0; i < m; i++)
+        chosen[i] = order[i];
+    free(order);
+    return FM_OK;
+}
+
+void fm_creamfl_report_shape(const fm_creamfl *c, int site, int64_t steps, size_t *n_loss, size_t *n_inter,
+                             size_t *n_intra)
+{
+    const fm_creamfl_options *o = c->o;
+    const fm_modality m = fm_creamfl_site_modality(c, site);
+    const size_t mods = (size_t)((m & FM_MODALITY_IMAGE) != 0) + (size_t)((m & FM_MODALITY_TEXT) != 0);
+    const int regs = o->lambda > 0.0f && (o->inter || o->intra);
+    const size_t s = steps > 0 ? (size_t)steps : 0;
+    *n_loss = s;
+    *n_inter = regs && o->inter ? s * mods : 0;
+    *n_intra = regs && o->intra ? s * mods : 0;
+}
+
+static fm_status check_list(const float *v, size_t n, size_t want, int site, const char *what)
+{
+    if (n != want)
+        return fm_error(FM_ERR_SHAPE, "creamfl: site %d reports %zu %s values, expected %zu", site, n, what, want);
+    if (n > 0 && !v)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl: site %d's %s values are missing", site, what);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return fm_error(FM_ERR_NOT_FINITE, "creamfl: site %d's %s value %zu is %g", site, what, i, (double)v[i]);
+    return FM_OK;
+}
+
+fm_status fm_creamfl_check_report(const fm_creamfl *c, int site, const fm_creamfl_site_report *r)
+{
+    const fm_creamfl_options *o = c->o;
+    if (site < 0 || site >= c->N)
+        return fm_error(FM_ERR_RANGE, "creamfl: site %d is not in [0, %d)", site, c->N);
+    if (r->steps != o->local_steps && r->steps != o->local_steps + o->init_local_steps)
+        return fm_error(FM_ERR_INVALID_ARG,
+                        "creamfl: site %d reports %lld local steps; a round takes fl.local_steps = %lld (plus "
+                        "fl.creamfl.init_local_steps = %lld the first time)",
+                        site, (long long)r->steps, (long long)o->local_steps, (long long)o->init_local_steps);
+    size_t nl, ni, na;
+    fm_creamfl_report_shape(c, site, r->steps, &nl, &ni, &na);
+    FM_TRY(check_list(r->loss, r->n_loss, nl, site, "loss"));
+    FM_TRY(check_list(r->inter, r->n_inter, ni, site, "L_inter"));
+    return check_list(r->intra, r->n_intra, na, site, "L_intra");
+}
+
+fm_status fm_creamfl_server_start(fm_creamfl *c, int rounds_done, double *bytes_up, double *bytes_down)
+{
+    if (c->role != ROLE_SERVER)
+        return fm_error(FM_ERR_STATE, "creamfl: server_start on a site object");
+    if (rounds_done < 0 || rounds_done > c->o->rounds)
+        return fm_error(FM_ERR_CONFIG, "creamfl: %d rounds done of %d", rounds_done, c->o->rounds);
+    if (rounds_done > 0) {
+        char dir[4200];
+        round_dir(dir, sizeof dir, c->o->out_dir, rounds_done);
+        FM_TRY(load_dir(c, dir));
+        if (c->rounds_done != rounds_done)
+            return fm_error(FM_ERR_PARSE, "creamfl: %s holds round %d, expected %d", dir, c->rounds_done, rounds_done);
+    }
+    FM_TRY(open_logs(c, rounds_done > 0));
+    c->t0 = fm_now_seconds();
+    if (bytes_up)
+        *bytes_up = c->bytes_up;
+    if (bytes_down)
+        *bytes_down = c->bytes_down;
+    return FM_OK;
+}
+
+fm_status fm_creamfl_server_broadcast(fm_creamfl *c, int round, const float **ig, const float **tg)
+{
+    if (c->role != ROLE_SERVER)
+        return fm_error(FM_ERR_STATE, "creamfl: server_broadcast on a site object");
+    if (round < 1 || round > c->o->rounds)
+        return fm_error(FM_ERR_RANGE, "creamfl: round %d of %d", round, c->o->rounds);
+    FM_TRY(broadcast(c, round));
+    *ig = c->ig;
+    *tg = c->tg;
+    return FM_OK;
+}
+
+fm_status fm_creamfl_site_train(fm_creamfl *c, int site, int round, const float *ig, const float *tg, float *up_i,
+                                float *up_t, fm_creamfl_site_report *report)
+{
+    if (c->role == ROLE_SERVER || (c->role == ROLE_SITE && site != c->own_site) || site < 0 || site >= c->N)
+        return fm_error(FM_ERR_STATE, "creamfl: this object does not hold site %d", site);
+    const cream_site *s = &c->sites[site];
+    if (!ig || !tg || (has_image(s) && !up_i) || (has_text(s) && !up_t) || !report)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl: site_train: a NULL representation buffer or report");
+    int64_t steps = 0;
+    FM_TRY(run_site(c, site, round, ig, tg, up_i, up_t, &steps));
+    *report = last_report(c, steps);
+    return FM_OK;
+}
+
+fm_status fm_creamfl_server_aggregate(fm_creamfl *c, int round, const fm_creamfl_upload *ups, int K)
+{
+    if (c->role != ROLE_SERVER)
+        return fm_error(FM_ERR_STATE, "creamfl: server_aggregate on a site object");
+    if (K < 1 || K > c->o->sites_per_round || K > 4096)
+        return fm_error(FM_ERR_INVALID_ARG, "creamfl: %d uploads (1 .. %d per round)", K, c->o->sites_per_round);
+    const float *reps_i[4096], *reps_t[4096];
+    int Ki = 0, Kt = 0;
+    for (int k = 0; k < K; k++) {
+        const fm_creamfl_upload *u = &ups[k];
+        if (u->site < 0 || u->site >= c->N || (k > 0 && u->site <= ups[k - 1].site))
+            return fm_error(FM_ERR_INVALID_ARG, "creamfl: upload %d is of site %d: uploads go in ascending site order",
+                            k, u->site);
+        const cream_site *s = &c->sites[u->site];
+        if (has_image(s) != (u->reps_i != NULL) || has_text(s) != (u->reps_t != NULL))
+            return fm_error(FM_ERR_INVALID_ARG, "creamfl: site %d holds %s but uploads %s%s", u->site,
+                            fm_modality_name(s->modality), u->reps_i ? "images " : "", u->reps_t ? "texts" : "");
+        FM_TRY(fm_creamfl_check_report(c, u->site, &u->report));
+    }
+    site_acc acc = {0, 0, 0, 0};
+    for (int k = 0; k < K; k++) {
+        account(&acc, &ups[k].report);
+        if (ups[k].reps_i)
+            reps_i[Ki++] = ups[k].reps_i;
+        if (ups[k].reps_t)
+            reps_t[Kt++] = ups[k].reps_t;
+    }
+    site_means(c, &acc);
+    return aggregate(c, round, reps_i, Ki, reps_t, Kt);
+}
+
+fm_status fm_creamfl_server_finish(fm_creamfl *c, int round, double bytes_up, double bytes_down, fm_eval_result *ev,
+                                   int *evaluated)
+{
+    if (c->role != ROLE_SERVER)
+        return fm_error(FM_ERR_STATE, "creamfl: server_finish on a site object");
+    c->bytes_up = bytes_up;
+    c->bytes_down = bytes_down;
+    return finish_round(c, round, ev, evaluated);
+}
+
+fm_status fm_creamfl_server_evaluate(fm_creamfl *c, fm_eval_result *ev)
+{
+    if (c->role != ROLE_SERVER)
+        return fm_error(FM_ERR_STATE, "creamfl: server_evaluate on a site object");
+    return fm_evaluate(c->server, c->test, c->o->eval_size, ev);
 }

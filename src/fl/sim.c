@@ -54,6 +54,7 @@ typedef struct sim {
     float *pulled;      /* the global vector as the sites receive it through a lossy net.encoding (else NULL) */
     float *site_state;  /* SCAFFOLD: N control variates ck; local-only: N site vectors */
     float *ci_new, *dc; /* SCAFFOLD scratch */
+    float *c_pulled;    /* SCAFFOLD: the server's c as the sites receive it (through net.encoding) */
     uint8_t *trained;   /* (nb) */
     double bytes_up, bytes_down, wall_before;
     int round_done; /* completed rounds */
@@ -118,10 +119,6 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
         s->pulled = xcalloc(s->P, sizeof(float), &st);
     FM_TRY(st);
     FM_TRY(fm_wire_codec_check(&o->wire));
-    if ((o->wire.encoding != FM_WIRE_F32 || o->wire.compression != FM_WIRE_RAW) &&
-        o->strategy.kind == FM_STRATEGY_SCAFFOLD)
-        return fm_error(FM_ERR_UNSUPPORTED, "sim: net.encoding / net.compress with SCAFFOLD (sim-only: its control "
-                                            "variates have no wire encoding)");
     FM_TRY(from_model(s, s->global));
     if (o->strategy.kind == FM_STRATEGY_SCAFFOLD || o->local_only) {
         s->site_state = xcalloc((size_t)s->N * s->P, sizeof(float), &st);
@@ -130,9 +127,10 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
             for (int k = 0; k < s->N; k++)
                 memcpy(s->site_state + (size_t)k * s->P, s->global, s->P * sizeof(float));
     }
-    if (o->strategy.kind == FM_STRATEGY_SCAFFOLD) {
+    if (o->strategy.kind == FM_STRATEGY_SCAFFOLD && !o->local_only) {
         s->ci_new = xcalloc(s->P, sizeof(float), &st);
         s->dc = xcalloc(s->P, sizeof(float), &st);
+        s->c_pulled = xcalloc(s->P, sizeof(float), &st);
         FM_TRY(st);
     }
     fm_strategy_config sc = o->strategy;
@@ -158,6 +156,7 @@ static void sim_free(sim *s)
     free(s->site_state);
     free(s->ci_new);
     free(s->dc);
+    free(s->c_pulled);
 }
 
 /* ---- one site's local training ------------------------------------------------------------------ */
@@ -175,7 +174,7 @@ static fm_status train_site(sim *s, int k, int round, const float *start, double
                           .strategy = o->local_only ? NULL : &o->strategy,
                           .blocks = s->blocks,
                           .n_blocks = s->nb,
-                          .c_global = o->local_only ? NULL : fm_strategy_control(s->strategy),
+                          .c_global = o->local_only ? NULL : s->c_pulled,
                           .c_local = ck};
     return fm_site_train(s->trainer, &s->sites[k], &task, start, s->local, mean_loss);
 }
@@ -357,9 +356,13 @@ static fm_status run_round(sim *s, int round, double *train_loss)
     const int scaffold = o->strategy.kind == FM_STRATEGY_SCAFFOLD && !local_only;
     /* what every site pulls: the global vector through the network's encoding, and its payload bytes */
     float *pulled = s->pulled ? s->pulled : s->global; /* float32: the global itself, unchanged */
-    double down = 0.0;
+    double down = 0.0, down_c = 0.0;
     if (!local_only) {
         fm_status st = fm_wire_transmit(&o->wire, s->global, pulled, s->blocks, s->nb, NULL, 0, &down);
+        /* SCAFFOLD: c follows the global vector, in the same encoding (docs/protocol.md) */
+        if (st == FM_OK && scaffold)
+            st = fm_wire_transmit(&o->wire, fm_strategy_control(s->strategy), s->c_pulled, s->blocks, s->nb, NULL, 0,
+                                  &down_c);
         if (st != FM_OK) {
             fm_strategy_abort_round(s->strategy);
             return st;
@@ -393,10 +396,12 @@ static fm_status run_round(sim *s, int round, double *train_loss)
             fm_strategy_abort_round(s->strategy);
             return stw;
         }
+        double up_c = 0.0;
         if (scaffold) {
+            /* from what the site received: the global vector and c as decoded (float32: exactly the server's) */
             float *ck = s->site_state + (size_t)k * s->P;
-            FM_TRY(fm_scaffold_site_update(ck, fm_strategy_control(s->strategy), s->global, s->local, o->local_steps,
-                                           (float)o->local.lr, s->P, s->ci_new, s->dc));
+            FM_TRY(fm_scaffold_site_update(ck, s->c_pulled, pulled, s->local, o->local_steps, (float)o->local.lr, s->P,
+                                           s->ci_new, s->dc));
             /* A block the site cannot train (a tower whose modality it lacks) moved only by the correction
              * c − ck: its control variate stays as it was and nothing of it is sent. */
             for (size_t b = 0; b < s->nb; b++) {
@@ -406,6 +411,19 @@ static fm_status run_round(sim *s, int round, double *train_loss)
                 memcpy(s->ci_new + blk->offset, ck + blk->offset, blk->numel * sizeof(float));
                 memset(s->dc + blk->offset, 0, blk->numel * sizeof(float));
             }
+            /* Δck as the server receives it; with a lossy encoding the site keeps ck + that (not ck⁺), so that the
+             * server's c stays the mean of the sites' ck */
+            stw = fm_wire_transmit(&o->wire, s->dc, s->dc, s->blocks, s->nb, s->trained, 0, &up_c);
+            if (stw != FM_OK) {
+                fm_strategy_abort_round(s->strategy);
+                return stw;
+            }
+            if (o->wire.encoding != FM_WIRE_F32)
+                for (size_t b = 0; b < s->nb; b++) {
+                    const fm_strategy_block *blk = &s->blocks[b];
+                    for (size_t j = blk->offset; s->trained[b] && j < blk->offset + blk->numel; j++)
+                        s->ci_new[j] = ck[j] + s->dc[j];
+                }
         }
         fm_site_update u = {.n_params = s->P,
                             .delta = s->delta,
@@ -421,8 +439,8 @@ static fm_status run_round(sim *s, int round, double *train_loss)
         if (scaffold) /* the site keeps its new control variate only once the server took its update */
             memcpy(s->site_state + (size_t)k * s->P, s->ci_new, s->P * sizeof(float));
         /* down: the global vector (and c); up: the trained blocks of the delta (and of Δc), as encoded */
-        s->bytes_down += down * (scaffold ? 2 : 1);
-        s->bytes_up += up_bytes * (scaffold ? 2 : 1);
+        s->bytes_down += down + down_c;
+        s->bytes_up += up_bytes + up_c;
     }
     if (!local_only)
         FM_TRY(fm_strategy_finish_round(s->strategy, s->global));

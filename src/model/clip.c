@@ -575,7 +575,7 @@ static void carve_all(carver *c, fm_clip *m, int64_t B)
     CARVE(m->dimg, FM_F32, B, E);
     CARVE(m->dtxt, FM_F32, B, E);
     CARVE(m->tmp, FM_F32, BTW);
-    if (cpu || lowp) /* CPU: the LoRA output u; bf16: the activation before its cast. CUDA fp32: not needed */
+    if (cpu) /* the LoRA output u (CUDA accumulates it into y by the GEMM) */
         CARVE(m->tmp_u, FM_F32, max64(BTW, BTM));
     CARVE(m->dres, FM_F32, BTW);
     CARVE(m->dln, FM_F32, BTW);

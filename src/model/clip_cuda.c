@@ -28,9 +28,9 @@ fm_status clip_cuda_linear_forward(fm_clip *m, const clip_linear *l, clip_lora_a
 }
 
 fm_status clip_cuda_linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
-                                    const fm_tensor *dy, const fm_tensor *x)
+                                    const fm_tensor *dy, const fm_tensor *x, int dy_lp_ready)
 {
-    (void)m, (void)l, (void)la, (void)dx, (void)dy, (void)x;
+    (void)m, (void)l, (void)la, (void)dx, (void)dy, (void)x, (void)dy_lp_ready;
     return no_cuda("clip linear_backward");
 }
 
@@ -38,6 +38,33 @@ fm_status clip_cuda_cast(fm_tensor *dst, const fm_tensor *src)
 {
     (void)dst, (void)src;
     return no_cuda("clip cast");
+}
+
+fm_status clip_cuda_add_norm_forward(fm_clip *m, fm_tensor *h, const fm_tensor *a, const fm_tensor *b, fm_tensor *out,
+                                     fm_tensor *mean, fm_tensor *rstd, const clip_p *w, const clip_p *bias)
+{
+    (void)m, (void)h, (void)a, (void)b, (void)out, (void)mean, (void)rstd, (void)w, (void)bias;
+    return no_cuda("clip add_norm_forward");
+}
+
+fm_status clip_cuda_add_norm_backward(fm_clip *m, fm_tensor *dres, const fm_tensor *dout, const fm_tensor *h,
+                                      const fm_tensor *mean, const fm_tensor *rstd, const clip_p *w, const clip_p *b,
+                                      int lp)
+{
+    (void)m, (void)dres, (void)dout, (void)h, (void)mean, (void)rstd, (void)w, (void)b, (void)lp;
+    return no_cuda("clip add_norm_backward");
+}
+
+fm_status clip_cuda_act_forward(fm_clip *m, fm_tensor *out, const fm_tensor *h)
+{
+    (void)m, (void)out, (void)h;
+    return no_cuda("clip act_forward");
+}
+
+fm_status clip_cuda_act_backward(fm_clip *m, fm_tensor *dh, const fm_tensor *h, const fm_tensor *dg)
+{
+    (void)m, (void)dh, (void)h, (void)dg;
+    return no_cuda("clip act_backward");
 }
 
 fm_status clip_cuda_vision_embed_forward(fm_clip *m, clip_tower *tw, int B)
@@ -130,10 +157,12 @@ fm_status clip_cuda_linear_forward(fm_clip *m, const clip_linear *l, clip_lora_a
 }
 
 fm_status clip_cuda_linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
-                                    const fm_tensor *dy, const fm_tensor *x)
+                                    const fm_tensor *dy, const fm_tensor *x, int dy_lp_ready)
 {
     fm_cuda_lora_args a;
     FM_TRY(lora_args(m, l, x, &a));
+    if (dy_lp_ready && a.in != FM_GEMM_BF16)
+        return fm_error(FM_ERR_INTERNAL, "clip linear_backward: a bf16 gradient handed to an fp32 layer");
     const void *xa = x->data;
     fm_tensor dxd;
     float *dx_lora = NULL;
@@ -152,9 +181,72 @@ fm_status clip_cuda_linear_backward(fm_clip *m, const clip_linear *l, const clip
     }
     FM_TRY(fm_cuda_lora_backward(&a, dx ? dx->data : NULL, dx_lora, l->w.g.data, l->has_bias ? l->b.g.data : NULL,
                                  a.A ? l->A.g.data : NULL, a.A ? l->B.g.data : NULL, a.A ? m->dt.data : NULL,
-                                 a.in == FM_GEMM_BF16 ? m->dy_lp.data : NULL, dy->data, x->data, xa,
-                                 a.A ? la->t.data : NULL));
+                                 a.in == FM_GEMM_BF16 ? m->dy_lp.data : NULL, dy_lp_ready ? NULL : dy->data, x->data,
+                                 xa, a.A ? la->t.data : NULL));
     return dx_lora ? fm_dropout_backward(dx, &dxd, &la->mask) : FM_OK;
+}
+
+/* Rows and width of an activation (the product of the leading dims, the last dim) as ints for the row kernels. */
+static fm_status rows_width(const char *fn, const fm_tensor *x, int *N, int *C)
+{
+    const int64_t c = x->ndim > 0 ? x->shape[x->ndim - 1] : 0, n = c > 0 ? fm_tensor_numel(x) / c : 0;
+    if (x->ndim < 1 || c > INT32_MAX || n > INT32_MAX)
+        return fm_error(FM_ERR_INTERNAL, "%s: a tensor of %d dims and %lld elements", fn, x->ndim,
+                        (long long)fm_tensor_numel(x));
+    *N = (int)n, *C = (int)c;
+    return FM_OK;
+}
+
+static fm_gemm_type gemm_type_of(const fm_tensor *t) { return t->dtype == FM_BF16 ? FM_GEMM_BF16 : FM_GEMM_F32; }
+
+fm_status clip_cuda_add_norm_forward(fm_clip *m, fm_tensor *h, const fm_tensor *a, const fm_tensor *b, fm_tensor *out,
+                                     fm_tensor *mean, fm_tensor *rstd, const clip_p *w, const clip_p *bias)
+{
+    int N = 0, C = 0;
+    FM_TRY(rows_width("clip add_norm_forward", a, &N, &C));
+    if (fm_tensor_numel(out) != fm_tensor_numel(a) ||
+        (b && (!h || fm_tensor_numel(b) != fm_tensor_numel(a) || fm_tensor_numel(h) != fm_tensor_numel(a))))
+        return fm_error(FM_ERR_INTERNAL, "clip add_norm_forward: operands of different sizes");
+    return fm_cuda_residual_layernorm_forward(b ? h->data : NULL, out->data, gemm_type_of(out), mean->data, rstd->data,
+                                              a->data, b ? b->data : NULL, w->v.data, bias->v.data, N, C,
+                                              m->cfg.layer_norm_eps);
+}
+
+fm_status clip_cuda_add_norm_backward(fm_clip *m, fm_tensor *dres, const fm_tensor *dout, const fm_tensor *h,
+                                      const fm_tensor *mean, const fm_tensor *rstd, const clip_p *w, const clip_p *b,
+                                      int lp)
+{
+    int N = 0, C = 0;
+    FM_TRY(rows_width("clip add_norm_backward", h, &N, &C));
+    if (lp && !m->dy_lp.data)
+        return fm_error(FM_ERR_INTERNAL, "clip add_norm_backward: a bf16 gradient without the bf16 scratch");
+    return fm_cuda_residual_layernorm_backward(dres->data, lp ? m->dy_lp.data : NULL, w->g.data, b->g.data, dout->data,
+                                               h->data, w->v.data, mean->data, rstd->data, N, C);
+}
+
+static fm_cuda_act act_of(const fm_clip *m)
+{
+    return m->cfg.hidden_act == FM_CLIP_ACT_GELU ? FM_CUDA_ACT_GELU : FM_CUDA_ACT_QUICK_GELU;
+}
+
+fm_status clip_cuda_act_forward(fm_clip *m, fm_tensor *out, const fm_tensor *h)
+{
+    if (fm_tensor_numel(out) != fm_tensor_numel(h))
+        return fm_error(FM_ERR_INTERNAL, "clip act_forward: operands of different sizes");
+    return fm_cuda_act_forward(out->data, gemm_type_of(out), h->data, (size_t)fm_tensor_numel(h), act_of(m));
+}
+
+fm_status clip_cuda_act_backward(fm_clip *m, fm_tensor *dh, const fm_tensor *h, const fm_tensor *dg)
+{
+    const size_t n = (size_t)fm_tensor_numel(h);
+    if ((size_t)fm_tensor_numel(dh) != n || (size_t)fm_tensor_numel(dg) != n)
+        return fm_error(FM_ERR_INTERNAL, "clip act_backward: operands of different sizes");
+    if (clip_lowp(m)) { /* fc1's backward reads the gradient only as its GEMMs' bf16 operand */
+        if ((size_t)fm_tensor_numel(&m->dy_lp) < n)
+            return fm_error(FM_ERR_INTERNAL, "clip act_backward: the bf16 scratch is too small");
+        return fm_cuda_act_backward(m->dy_lp.data, FM_GEMM_BF16, h->data, dg->data, n, act_of(m));
+    }
+    return fm_cuda_act_backward(dh->data, FM_GEMM_F32, h->data, dg->data, n, act_of(m));
 }
 
 fm_status clip_cuda_vision_embed_forward(fm_clip *m, clip_tower *tw, int B)

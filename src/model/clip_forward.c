@@ -48,12 +48,13 @@ static fm_status linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts
 }
 
 /* dx += dy·W [+ the adapter path]; weight, bias and adapter gradients accumulate where they train. Under LoRA
- * dropout (backward always follows a training forward) dA uses the dropped input and dx gets mask ⊙ (dt·A). */
+ * dropout (backward always follows a training forward) dA uses the dropped input and dx gets mask ⊙ (dt·A).
+ * dy_lp_ready (CUDA bf16 only): m->dy_lp already holds dy rounded to bf16, written by the kernel that made dy. */
 static fm_status linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
-                                 const fm_tensor *dy, const fm_tensor *x)
+                                 const fm_tensor *dy, const fm_tensor *x, int dy_lp_ready)
 {
     if (m->device == FM_DEVICE_CUDA)
-        return clip_cuda_linear_backward(m, l, la, dx, dy, x);
+        return clip_cuda_linear_backward(m, l, la, dx, dy, x, dy_lp_ready);
     FM_TRY(fm_linear_backward(dx, CLIP_GRAD(l->w), l->has_bias ? CLIP_GRAD(l->b) : NULL, dy, x, &l->w.v));
     if (!l->lora)
         return FM_OK;
@@ -83,36 +84,61 @@ static fm_status linear_backward(fm_clip *m, const clip_linear *l, const clip_lo
 
 /* ---- one pre-LN encoder layer -------------------------------------------------------------------- */
 
-static fm_status act_forward(const fm_clip *m, fm_tensor *out, const fm_tensor *inp)
+/* The MLP's activation; on CUDA one kernel that writes out in its own type (bf16 under bf16: no cast after). */
+static fm_status act_forward(fm_clip *m, fm_tensor *out, const fm_tensor *inp)
 {
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_act_forward(m, out, inp);
     return m->cfg.hidden_act == FM_CLIP_ACT_GELU ? fm_gelu_forward(out, inp) : fm_quick_gelu_forward(out, inp);
 }
 
-static fm_status act_backward(const fm_clip *m, fm_tensor *dinp, const fm_tensor *inp, const fm_tensor *dout)
+/* dinp = act'(inp)·dout. The CPU accumulates into a zeroed dinp; CUDA writes it in one kernel (under bf16 into
+ * m->dy_lp, rounded: the only reader is fc1's backward, whose GEMMs take it from there). */
+static fm_status act_backward(fm_clip *m, fm_tensor *dinp, const fm_tensor *inp, const fm_tensor *dout)
 {
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_act_backward(m, dinp, inp, dout);
+    FM_TRY(clip_zero(dinp));
     return m->cfg.hidden_act == FM_CLIP_ACT_GELU ? fm_gelu_backward(dinp, inp, dout)
                                                  : fm_quick_gelu_backward(dinp, inp, dout);
 }
 
-/* Layernorm into `out`; under bf16 (out is bf16) through the fp32 scratch `tmp`, then rounded. */
-static fm_status norm_forward(fm_clip *m, fm_tensor *out, fm_tensor *mean, fm_tensor *rstd, const fm_tensor *x,
-                              const clip_p *w, const clip_p *b, fm_tensor *tmp)
+/* h = a + b, then out = LN(h) (b NULL: out = LN(a), h unused). The CPU runs the residual and layernorm ops; CUDA one
+ * fused kernel that writes out in its own type (bf16 under bf16: no cast after). */
+static fm_status add_norm_forward(fm_clip *m, fm_tensor *h, const fm_tensor *a, const fm_tensor *b, fm_tensor *out,
+                                  fm_tensor *mean, fm_tensor *rstd, const clip_p *w, const clip_p *bias)
 {
-    if (out->dtype == FM_F32)
-        return fm_layernorm_forward(out, mean, rstd, x, &w->v, &b->v, m->cfg.layer_norm_eps);
-    FM_TRY(fm_layernorm_forward(tmp, mean, rstd, x, &w->v, &b->v, m->cfg.layer_norm_eps));
-    return clip_cuda_cast(out, tmp);
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_add_norm_forward(m, h, a, b, out, mean, rstd, w, bias);
+    if (b)
+        FM_TRY(fm_residual_forward(h, a, b));
+    return fm_layernorm_forward(out, mean, rstd, b ? h : a, &w->v, &bias->v, m->cfg.layer_norm_eps);
 }
 
-/* xout = xmid + MLP(LN2(xmid)), xmid = x + Attn(LN1(x)); x, xout (B, T, W). */
+/* dres += LN'(dout) at the norm's input h (dres is the residual stream's gradient: both branches of the add that
+ * made h); the norm's parameters accumulate where they train. On CUDA one fused kernel, which with `lp` (bf16)
+ * also leaves the updated dres rounded in m->dy_lp for the GEMMs that read it next. */
+static fm_status add_norm_backward(fm_clip *m, fm_tensor *dres, const fm_tensor *dout, const fm_tensor *h,
+                                   const fm_tensor *mean, const fm_tensor *rstd, const clip_p *w, const clip_p *b,
+                                   int lp)
+{
+    if (m->device == FM_DEVICE_CUDA)
+        return clip_cuda_add_norm_backward(m, dres, dout, h, mean, rstd, w, b, lp);
+    return fm_layernorm_backward(dres, CLIP_GRAD(*w), CLIP_GRAD(*b), dout, h, &w->v, mean, rstd);
+}
+
+/* xout = xmid + MLP(LN2(xmid)), xmid = x + Attn(LN1(x)); x, xout (B, T, W). On CUDA the residual adds are fused
+ * with the layernorm after them: xmid with LN2, and xout with the next layer's LN1 (so a layer above the first finds
+ * its ln1 made). */
 static fm_status layer_forward(fm_clip *m, clip_tower *tw, int l, const fm_tensor *x, fm_tensor *xout)
 {
     const clip_layer *p = &tw->layers[l];
     clip_layer_acts *a = &tw->acts.layers[l];
-    const int lowp = clip_lowp(m);
+    const int lowp = clip_lowp(m), cuda = m->device == FM_DEVICE_CUDA;
     fm_tensor tmp;
     FM_TRY(clip_view(&tmp, &m->tmp, x->ndim, x->shape));
-    FM_TRY(norm_forward(m, &a->ln1, &a->ln1_mean, &a->ln1_rstd, x, &p->ln1_w, &p->ln1_b, &tmp));
+    if (!cuda || l == 0)
+        FM_TRY(add_norm_forward(m, NULL, x, NULL, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &p->ln1_w, &p->ln1_b));
     FM_TRY(linear_forward(m, &p->q, &a->lq, &a->q, &a->ln1));
     FM_TRY(linear_forward(m, &p->k, &a->lk, &a->k, &a->ln1));
     FM_TRY(linear_forward(m, &p->v, &a->lv, &a->v, &a->ln1));
@@ -120,26 +146,31 @@ static fm_status layer_forward(fm_clip *m, clip_tower *tw, int l, const fm_tenso
     if (lowp)
         FM_TRY(clip_cuda_cast(&a->ab, &a->a));
     FM_TRY(linear_forward(m, &p->o, &a->lo, &tmp, lowp ? &a->ab : &a->a));
-    FM_TRY(fm_residual_forward(&a->xmid, x, &tmp));
-    FM_TRY(norm_forward(m, &a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->xmid, &p->ln2_w, &p->ln2_b, &tmp));
+    FM_TRY(add_norm_forward(m, &a->xmid, x, &tmp, &a->ln2, &a->ln2_mean, &a->ln2_rstd, &p->ln2_w, &p->ln2_b));
     FM_TRY(linear_forward(m, &p->fc1, &a->lfc1, &a->h, &a->ln2));
-    if (lowp) {
-        fm_tensor g32;
-        FM_TRY(clip_view(&g32, &m->tmp_u, a->h.ndim, a->h.shape));
-        FM_TRY(act_forward(m, &g32, &a->h));
-        FM_TRY(clip_cuda_cast(&a->g, &g32));
-    } else {
-        FM_TRY(act_forward(m, &a->g, &a->h));
-    }
+    FM_TRY(act_forward(m, &a->g, &a->h));
     FM_TRY(linear_forward(m, &p->fc2, &a->lfc2, &tmp, &a->g));
+    if (cuda && l + 1 < tw->L) {
+        const clip_layer *np = &tw->layers[l + 1];
+        clip_layer_acts *na = &tw->acts.layers[l + 1];
+        return add_norm_forward(m, xout, &a->xmid, &tmp, &na->ln1, &na->ln1_mean, &na->ln1_rstd, &np->ln1_w,
+                                &np->ln1_b);
+    }
     return fm_residual_forward(xout, &a->xmid, &tmp);
 }
 
-/* On entry dres holds dL/dxout; on return dL/dx (both branches of each residual add into it). */
+/* On entry dres holds dL/dxout; on return dL/dx (both branches of each residual add into it).
+ *
+ * Under bf16 (CUDA) the gradients that feed GEMMs reach them already rounded in m->dy_lp, from the kernel that made
+ * them, where that kernel is ours: dxout from the layer above's fused ln1 backward (the top layer's comes from the
+ * pooling scatter and is rounded by fc2's backward itself), dh from the activation's backward (dh itself is then
+ * never written in fp32), dxmid from ln2's backward. dq, dk, dv (attention's fp32 kernel) are rounded by the
+ * linears' backward. Each is read by the very next linear backward, before anything else writes m->dy_lp. */
 static fm_status layer_backward(fm_clip *m, clip_tower *tw, int l, const fm_tensor *x, fm_tensor *dres)
 {
     const clip_layer *p = &tw->layers[l];
     const clip_layer_acts *a = &tw->acts.layers[l];
+    const int lp = clip_lowp(m);
     fm_tensor dg, dh, dln, da, dq, dk, dv;
     FM_TRY(clip_view(&dg, &m->dg, a->h.ndim, a->h.shape));
     FM_TRY(clip_view(&dh, &m->dh, a->h.ndim, a->h.shape));
@@ -150,26 +181,25 @@ static fm_status layer_backward(fm_clip *m, clip_tower *tw, int l, const fm_tens
     FM_TRY(clip_view(&dv, &m->dv, x->ndim, x->shape));
     /* MLP branch */
     FM_TRY(clip_zero(&dg));
-    FM_TRY(linear_backward(m, &p->fc2, &a->lfc2, &dg, dres, &a->g));
-    FM_TRY(clip_zero(&dh));
+    FM_TRY(linear_backward(m, &p->fc2, &a->lfc2, &dg, dres, &a->g, lp && l + 1 < tw->L));
     FM_TRY(act_backward(m, &dh, &a->h, &dg));
     FM_TRY(clip_zero(&dln));
-    FM_TRY(linear_backward(m, &p->fc1, &a->lfc1, &dln, &dh, &a->ln2));
-    FM_TRY(fm_layernorm_backward(dres, CLIP_GRAD(p->ln2_w), CLIP_GRAD(p->ln2_b), &dln, &a->xmid, &p->ln2_w.v,
-                                 &a->ln2_mean, &a->ln2_rstd));
+    FM_TRY(linear_backward(m, &p->fc1, &a->lfc1, &dln, &dh, &a->ln2, lp));
+    FM_TRY(add_norm_backward(m, dres, &dln, &a->xmid, &a->ln2_mean, &a->ln2_rstd, &p->ln2_w, &p->ln2_b, lp));
     /* attention branch */
     FM_TRY(clip_zero(&da));
-    FM_TRY(linear_backward(m, &p->o, &a->lo, &da, dres, clip_lowp(m) ? &a->ab : &a->a));
+    FM_TRY(linear_backward(m, &p->o, &a->lo, &da, dres, lp ? &a->ab : &a->a, lp));
     FM_TRY(clip_zero(&dq));
     FM_TRY(clip_zero(&dk));
     FM_TRY(clip_zero(&dv));
     FM_TRY(fm_attention_backward(&dq, &dk, &dv, &da, &a->q, &a->k, &a->v, &a->a, &a->lse, NULL, tw->causal, tw->NH));
     FM_TRY(clip_zero(&dln));
-    FM_TRY(linear_backward(m, &p->q, &a->lq, &dln, &dq, &a->ln1));
-    FM_TRY(linear_backward(m, &p->k, &a->lk, &dln, &dk, &a->ln1));
-    FM_TRY(linear_backward(m, &p->v, &a->lv, &dln, &dv, &a->ln1));
-    return fm_layernorm_backward(dres, CLIP_GRAD(p->ln1_w), CLIP_GRAD(p->ln1_b), &dln, x, &p->ln1_w.v, &a->ln1_mean,
-                                 &a->ln1_rstd);
+    FM_TRY(linear_backward(m, &p->q, &a->lq, &dln, &dq, &a->ln1, 0));
+    FM_TRY(linear_backward(m, &p->k, &a->lk, &dln, &dk, &a->ln1, 0));
+    FM_TRY(linear_backward(m, &p->v, &a->lv, &dln, &dv, &a->ln1, 0));
+    /* the layer below (if it trains) reads dres next, in its fc2 backward */
+    return add_norm_backward(m, dres, &dln, x, &a->ln1_mean, &a->ln1_rstd, &p->ln1_w, &p->ln1_b,
+                             lp && l > tw->lowest_trainable);
 }
 
 /* ---- towers -------------------------------------------------------------------------------------- */

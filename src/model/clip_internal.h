@@ -155,9 +155,10 @@ struct fm_clip {
     fm_tensor dimg, dtxt;           /* (B, E) gradients wrt the normalised embeddings */
     fm_tensor lora_S;               /* (r, r) = scaling · I */
     /* scratch shared by the towers, reshaped per use (flat, sized for the larger tower); tmp_u and dts exist on
-     * the CPU only (tmp_u also under bf16, for the activation before its cast), dt is bf16 under bf16 */
+     * the CPU only, dt is bf16 under bf16 */
     fm_tensor tmp, tmp_u, dres, dln, dq, dk, dv, da, dh, dg, dt, dts, dpool, dpool_ln, dproj;
-    fm_tensor dy_lp; /* bf16 only: (B·T·max(W, M)) bf16, the gradient a GEMM reads, rounded once */
+    fm_tensor dy_lp; /* bf16 only: (B·T·max(W, M)) bf16, the gradient a GEMM reads, rounded once (by the linear's
+                        backward, or by the fused kernel that made it: see layer_backward in clip_forward.c) */
     /* LoRA dropout (see CLIP_DROPOUT_KEY) */
     uint64_t dropout_step;     /* the step the next training forward uses */
     uint64_t dropout_pass;     /* the step of the training forward under way */
@@ -195,10 +196,24 @@ fm_status clip_cuda_refresh_lowp(fm_clip *m);
  * bf16 under bf16 (then the bf16 weight copies are used). Same contract as the CPU path in clip_forward.c. */
 fm_status clip_cuda_linear_forward(fm_clip *m, const clip_linear *l, clip_lora_acts *la, fm_tensor *y,
                                    const fm_tensor *x);
+/* dy_lp_ready (bf16 only): m->dy_lp already holds dy rounded to bf16, and dy's fp32 values are not read. */
 fm_status clip_cuda_linear_backward(fm_clip *m, const clip_linear *l, const clip_lora_acts *la, fm_tensor *dx,
-                                    const fm_tensor *dy, const fm_tensor *x);
+                                    const fm_tensor *dy, const fm_tensor *x, int dy_lp_ready);
 /* dst (bf16) = src (fp32), same number of elements. */
 fm_status clip_cuda_cast(fm_tensor *dst, const fm_tensor *src);
+/* h = a + b (b NULL: no add, h unused) and out = LN(h)·w + bias in out's type, mean and rstd per row: one kernel
+ * (kernels/residual_norm.cu), the residual op and the layernorm op of the CPU path fused. */
+fm_status clip_cuda_add_norm_forward(fm_clip *m, fm_tensor *h, const fm_tensor *a, const fm_tensor *b, fm_tensor *out,
+                                     fm_tensor *mean, fm_tensor *rstd, const clip_p *w, const clip_p *bias);
+/* dres += LN'(dout) at h, the norm's gradients where they train, in one pass; with `lp` (bf16) also m->dy_lp = the
+ * updated dres rounded. */
+fm_status clip_cuda_add_norm_backward(fm_clip *m, fm_tensor *dres, const fm_tensor *dout, const fm_tensor *h,
+                                      const fm_tensor *mean, const fm_tensor *rstd, const clip_p *w, const clip_p *b,
+                                      int lp);
+/* The MLP's activation (the config's hidden_act) in one kernel: out = act(h) in out's type (fp32 or bf16). */
+fm_status clip_cuda_act_forward(fm_clip *m, fm_tensor *out, const fm_tensor *h);
+/* dh = act'(h)·dg, written (not accumulated); under bf16 into m->dy_lp, rounded, and dh is not written. */
+fm_status clip_cuda_act_backward(fm_clip *m, fm_tensor *dh, const fm_tensor *h, const fm_tensor *dg);
 /* The vision tower's input rows and the pooled rows, one launch each (the CPU path loops over the batch). */
 fm_status clip_cuda_vision_embed_forward(fm_clip *m, clip_tower *tw, int B);
 fm_status clip_cuda_vision_embed_backward(fm_clip *m, clip_tower *tw, int B, const fm_tensor *demb,

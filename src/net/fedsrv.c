@@ -24,7 +24,7 @@
 
 /* An update that arrived before a lower-indexed site's: in RAM, or spilled to a file. */
 typedef struct parked {
-    float *ram;     /* (P) or NULL */
+    float *ram;     /* (width) or NULL */
     int spilled;    /* on file: state_dir/parked/r<round>-site<k>.f32 */
     uint32_t crc;   /* CRC-32C of the spilled floats */
     int has_update; /* pushed and not yet added */
@@ -41,6 +41,11 @@ static const char *const kFpWhat[FP_COUNT] = {
 struct fm_fedsrv {
     fm_fedsrv_config cfg;
     char run_id[FM_WIRE_RUN_ID_MAX + 1];
+    /* SCAFFOLD: a push carries Δc_i after its delta, a Pull c after the global vector; a staged update is then
+     * `width` = 2P floats (the delta, then Δc_i), else P */
+    int scaffold;
+    size_t width;
+
     int tasked;        /* sites tasked per round (≥ sites_per_round) */
     int round;         /* open round, 1..R; R + 1 when done */
     int *chosen;       /* (tasked) this round's sites, ascending */
@@ -53,6 +58,8 @@ struct fm_fedsrv {
     float *scratch;    /* (P) a spilled update read back; allocated at the first spill */
     uint8_t *joined;   /* (N) */
     uint8_t *released; /* (N) told DONE */
+    /* (N) the last finished round that aggregated each site's update (0: none); saved with the state */
+    int64_t *aggregated;
     fm_status fatal;
     double opened_at;             /* when the open round opened (fm_now_seconds) */
     int short_logged;             /* the deadline passed with too few pushes, and the log said so */
@@ -66,8 +73,11 @@ struct fm_fedsrv_push {
     int site;
     int64_t round; /* calls run concurrently: the round may close while this push streams */
     double loss;
-    float *delta; /* (P) staging, zero outside the trained blocks */
-    fm_tensor_rx rx;
+    float *delta;          /* (width) staging, zero outside the trained blocks: Δ, then (SCAFFOLD) Δc_i */
+    fm_tensor_rx rx;       /* the delta's chunks (FM_PAYLOAD_ADAPTERS) */
+    fm_tensor_rx rx_c;     /* SCAFFOLD: Δc_i's chunks (FM_PAYLOAD_CONTROL_VARIATE), after the delta's */
+    float *step_values;    /* representation FL: the header's step lists, one copy */
+    fm_fedsrv_steps steps; /* pointing into step_values */
 };
 
 static int fail(int code, fm_status st, const char *fmt, const char *detail)
@@ -143,7 +153,7 @@ typedef struct spill_header {
     char magic[8];
     int32_t round;
     int32_t site;
-    uint64_t n_params;
+    uint64_t n_params; /* floats that follow: P, or 2P with SCAFFOLD (the delta, then Δc_i) */
     uint32_t crc;
     uint32_t reserved;
 } spill_header;
@@ -181,7 +191,7 @@ static fm_status spill(fm_fedsrv *s, int slot, const float *delta)
     if (mkdir(dir, 0775) != 0 && errno != EEXIST)
         return fm_error(FM_ERR_IO, "server: cannot create %s for parked updates: %s", dir, strerror(errno));
     spill_path(s, s->round, k, path, sizeof path);
-    const size_t n = s->cfg.n_params;
+    const size_t n = s->width;
     spill_header h;
     memset(&h, 0, sizeof h);
     memcpy(h.magic, SPILL_MAGIC, sizeof SPILL_MAGIC);
@@ -210,7 +220,7 @@ static fm_status unspill(fm_fedsrv *s, int slot)
     const int k = s->chosen[slot];
     char path[PATH_CAP];
     spill_path(s, s->round, k, path, sizeof path);
-    const size_t n = s->cfg.n_params;
+    const size_t n = s->width;
     spill_header h;
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -232,7 +242,7 @@ static fm_status unspill(fm_fedsrv *s, int slot)
  * Takes ownership of delta. */
 static fm_status park_update(fm_fedsrv *s, int slot, float *delta)
 {
-    const size_t bytes = s->cfg.n_params * sizeof(float);
+    const size_t bytes = s->width * sizeof(float);
     parked *pk = &s->park[slot];
     pk->has_update = 1;
     if (!s->cfg.state_dir || s->park_bytes + bytes <= s->cfg.park_budget_bytes) {
@@ -269,12 +279,13 @@ static fm_status add_parked(fm_fedsrv *s, int i)
                         .delta = delta,
                         .weight = (double)s->cfg.site_samples[k],
                         .n_blocks = s->cfg.n_blocks,
-                        .trained = s->cfg.site_trained + (size_t)k * s->cfg.n_blocks};
+                        .trained = s->cfg.site_trained + (size_t)k * s->cfg.n_blocks,
+                        .control_delta = s->scaffold ? delta + s->cfg.n_params : NULL};
     fm_status st = fm_strategy_add_update(s->cfg.strategy, &u);
     if (pk->ram) {
         free(pk->ram);
         pk->ram = NULL;
-        s->park_bytes -= s->cfg.n_params * sizeof(float);
+        s->park_bytes -= s->width * sizeof(float);
     }
     pk->has_update = 0;
     return st;
@@ -331,6 +342,9 @@ static fm_status save_state(fm_fedsrv *s)
     const int64_t shape[2] = {R, HISTORY_COLS};
     if (st == FM_OK)
         st = fm_st_writer_add(w, "history", FM_ST_F64, 2, shape, rows);
+    const int64_t n_sites = s->cfg.num_sites;
+    if (st == FM_OK)
+        st = fm_st_writer_add(w, "aggregated", FM_ST_I64, 1, &n_sites, s->aggregated);
     if (st == FM_OK)
         st = fm_st_writer_set_metadata(w, "format", STATE_FORMAT);
     if (st == FM_OK)
@@ -444,6 +458,22 @@ static fm_status load_state(fm_fedsrv *s)
                                               .bytes_up = row[4],
                                               .bytes_down = row[5]};
     }
+    /* the last round that aggregated each site's update (a SCAFFOLD site keeps its new control variate once it
+     * learns this reached its push). States written before it was kept hold none: zeros, except for SCAFFOLD,
+     * which could not run over the network then. */
+    const fm_st_tensor_info *ai = st == FM_OK ? fm_st_find(f, "aggregated") : NULL;
+    if (st == FM_OK && ai && (ai->dtype != FM_ST_I64 || ai->ndim != 1 || ai->shape[0] != s->cfg.num_sites))
+        st = fm_error(FM_ERR_PARSE, "--resume: %s: 'aggregated' is not I64 of shape (%d)", path, s->cfg.num_sites);
+    else if (st == FM_OK && !ai && s->scaffold)
+        st = fm_error(FM_ERR_PARSE, "--resume: %s: no 'aggregated' rounds, which SCAFFOLD's sites need", path);
+    for (int k = 0; st == FM_OK && ai && k < s->cfg.num_sites; k++) {
+        int64_t r = 0;
+        memcpy(&r, (const char *)ai->data + (size_t)k * sizeof r, sizeof r);
+        if (r < 0 || r > R)
+            st = fm_error(FM_ERR_PARSE, "--resume: %s: site %d's last aggregated round %lld is not in 0..%ld", path, k,
+                          (long long)r, R);
+        s->aggregated[k] = r;
+    }
     if (st == FM_OK)
         snprintf(s->run_id, sizeof s->run_id, "%s", run_id);
     fm_st_close(f);
@@ -499,7 +529,10 @@ static int slot_of(const fm_fedsrv *s, int site)
 
 static fm_status open_round(fm_fedsrv *s)
 {
-    FM_TRY(fm_round_sites(s->cfg.seed, s->round, s->cfg.num_sites, s->tasked, s->chosen));
+    if (s->cfg.hooks && s->cfg.hooks->draw)
+        FM_TRY(s->cfg.hooks->draw(s->cfg.hooks->ctx, s->round, s->cfg.num_sites, s->tasked, s->chosen));
+    else
+        FM_TRY(fm_round_sites(s->cfg.seed, s->round, s->cfg.num_sites, s->tasked, s->chosen));
     memset(s->pushed, 0, (size_t)s->tasked);
     s->n_pushed = 0;
     s->next_add = 0;
@@ -520,6 +553,7 @@ void fm_fedsrv_destroy(fm_fedsrv *s)
     free(s->losses);
     free(s->joined);
     free(s->released);
+    free(s->aggregated);
     free(s->history);
     free(s);
 }
@@ -551,6 +585,8 @@ fm_status fm_fedsrv_create(fm_fedsrv **out, const fm_fedsrv_config *cfg)
         return fm_error(FM_ERR_NO_MEMORY, "server: out of memory");
     s->cfg = *cfg;
     s->tasked = tasked;
+    s->scaffold = fm_strategy_get_config(cfg->strategy)->kind == FM_STRATEGY_SCAFFOLD;
+    s->width = s->scaffold ? 2 * cfg->n_params : cfg->n_params;
     snprintf(s->run_id, sizeof s->run_id, "%s", cfg->run_id);
     const size_t t = (size_t)tasked, n = (size_t)cfg->num_sites;
     s->chosen = calloc(t, sizeof *s->chosen);
@@ -559,8 +595,10 @@ fm_status fm_fedsrv_create(fm_fedsrv **out, const fm_fedsrv_config *cfg)
     s->losses = calloc(t, sizeof *s->losses);
     s->joined = calloc(n, 1);
     s->released = calloc(n, 1);
+    s->aggregated = calloc(n, sizeof *s->aggregated);
     s->history = calloc((size_t)cfg->rounds, sizeof *s->history);
-    if (!s->chosen || !s->pushed || !s->park || !s->losses || !s->joined || !s->released || !s->history) {
+    if (!s->chosen || !s->pushed || !s->park || !s->losses || !s->joined || !s->released || !s->aggregated ||
+        !s->history) {
         fm_fedsrv_destroy(s);
         return fm_error(FM_ERR_NO_MEMORY, "server: out of memory");
     }
@@ -588,10 +626,15 @@ fm_status fm_fedsrv_create(fm_fedsrv **out, const fm_fedsrv_config *cfg)
 
 const fm_strategy_block *fm_fedsrv_blocks(const fm_fedsrv *s) { return s->cfg.blocks; }
 size_t fm_fedsrv_num_blocks(const fm_fedsrv *s) { return s->cfg.n_blocks; }
+const fm_wire_payload_kind *fm_fedsrv_block_kinds(const fm_fedsrv *s)
+{
+    return s->cfg.hooks ? s->cfg.hooks->block_kinds : NULL;
+}
 int fm_fedsrv_round(const fm_fedsrv *s) { return s->round; }
 int fm_fedsrv_done(const fm_fedsrv *s) { return s->round > s->cfg.rounds; }
 fm_status fm_fedsrv_fatal(const fm_fedsrv *s) { return s->fatal; }
 const char *fm_fedsrv_run_id(const fm_fedsrv *s) { return s->run_id; }
+const float *fm_fedsrv_control(const fm_fedsrv *s) { return s->scaffold ? fm_strategy_control(s->cfg.strategy) : NULL; }
 
 const fm_fedsrv_round_log *fm_fedsrv_history(const fm_fedsrv *s, int *n)
 {
@@ -623,6 +666,7 @@ static void make_task(fm_fedsrv *s, int site, fm_wire_task *t)
     t->local_steps = s->cfg.local_steps;
     t->n_params = s->cfg.n_params;
     t->rounds = s->cfg.rounds;
+    t->aggregated_round = s->aggregated[site];
     snprintf(t->config, sizeof t->config, "%s", s->cfg.config_text ? s->cfg.config_text : "");
     if (fm_fedsrv_done(s)) {
         t->round = s->cfg.rounds;
@@ -660,6 +704,12 @@ int fm_fedsrv_join(fm_fedsrv *s, const char *bearer, const fm_wire_join *j, fm_w
     if (s->cfg.model_family && strcmp(j->model_family, s->cfg.model_family) != 0) {
         fm_error(FM_ERR_CONFIG, "Join: site %d runs model '%s', the server '%s'", j->site, j->model_family,
                  s->cfg.model_family);
+        return FM_NET_FAILED_PRECONDITION;
+    }
+    const uint32_t *mods = s->cfg.hooks ? s->cfg.hooks->site_modalities : NULL;
+    if (mods && j->modalities != mods[j->site]) {
+        fm_error(FM_ERR_CONFIG, "Join: site %d declares modalities %u, its share of the data holds %u", j->site,
+                 j->modalities, mods[j->site]);
         return FM_NET_FAILED_PRECONDITION;
     }
     s->joined[j->site] = 1;
@@ -722,6 +772,7 @@ void fm_fedsrv_push_free(fm_fedsrv_push *p)
     if (!p)
         return;
     free(p->delta);
+    free(p->step_values);
     free(p);
 }
 
@@ -756,19 +807,43 @@ int fm_fedsrv_push_begin(fm_fedsrv *s, const char *bearer, const fm_wire_push_he
         fm_error(FM_ERR_INVALID_ARG, "Push: site %d's trained blocks differ from its modality's", k);
         return FM_NET_INVALID_ARGUMENT;
     }
+    const fm_fedsrv_hooks *hk = s->cfg.hooks;
+    const size_t n_steps = h->n_step_loss + h->n_step_inter + h->n_step_intra;
+    if (!hk && n_steps > 0) {
+        fm_error(FM_ERR_INVALID_ARG, "Push: site %d sends CreamFL step statistics to a parameter-FL server", k);
+        return FM_NET_INVALID_ARGUMENT;
+    }
+    if (hk && hk->check_header && (rc = hk->check_header(hk->ctx, h)) != FM_NET_OK)
+        return rc;
     fm_fedsrv_push *p = calloc(1, sizeof *p);
-    float *delta = calloc(s->cfg.n_params ? s->cfg.n_params : 1, sizeof(float));
-    if (!p || !delta) {
+    float *delta = calloc(s->width ? s->width : 1, sizeof(float));
+    float *steps = hk && n_steps > 0 ? malloc(n_steps * sizeof(float)) : NULL;
+    if (!p || !delta || (hk && n_steps > 0 && !steps)) {
         free(p);
         free(delta);
+        free(steps);
         fm_error(FM_ERR_NO_MEMORY, "Push: out of memory");
         return FM_NET_INTERNAL;
+    }
+    if (steps) { /* kept until push_end hands them to the hook */
+        memcpy(steps, h->step_loss, h->n_step_loss * sizeof(float));
+        memcpy(steps + h->n_step_loss, h->step_inter, h->n_step_inter * sizeof(float));
+        memcpy(steps + h->n_step_loss + h->n_step_inter, h->step_intra, h->n_step_intra * sizeof(float));
+        p->step_values = steps;
+        p->steps = (fm_fedsrv_steps){.loss = steps,
+                                     .n_loss = h->n_step_loss,
+                                     .inter = steps + h->n_step_loss,
+                                     .n_inter = h->n_step_inter,
+                                     .intra = steps + h->n_step_loss + h->n_step_inter,
+                                     .n_intra = h->n_step_intra};
     }
     p->site = k;
     p->round = h->round;
     p->loss = h->loss;
     p->delta = delta;
     fm_tensor_rx_init(&p->rx, delta, s->cfg.blocks, s->cfg.n_blocks, want);
+    if (s->scaffold)
+        fm_tensor_rx_init(&p->rx_c, delta + s->cfg.n_params, s->cfg.blocks, s->cfg.n_blocks, want);
     *out = p;
     return FM_NET_OK;
 }
@@ -789,7 +864,29 @@ int fm_fedsrv_push_chunk(fm_fedsrv *s, fm_fedsrv_push *p, const fm_wire_chunk *c
                  c->site, (long long)c->round, k, (long long)p->round);
         return FM_NET_INVALID_ARGUMENT;
     }
-    return fm_tensor_rx_add(&p->rx, c) == FM_OK ? FM_NET_OK : FM_NET_INVALID_ARGUMENT;
+    const fm_wire_payload_kind *kinds = s->cfg.hooks ? s->cfg.hooks->block_kinds : NULL;
+    if (kinds) { /* representations: each block's chunks say which modality they are */
+        if (c->tensor >= s->cfg.n_blocks || c->kind != kinds[c->tensor]) {
+            fm_error(FM_ERR_INVALID_ARG, "Push: site %d sends a chunk of payload %d for block %u (expected %d)", k,
+                     (int)c->kind, c->tensor, c->tensor < s->cfg.n_blocks ? (int)kinds[c->tensor] : -1);
+            return FM_NET_INVALID_ARGUMENT;
+        }
+        return fm_tensor_rx_add(&p->rx, c) == FM_OK ? FM_NET_OK : FM_NET_INVALID_ARGUMENT;
+    }
+    /* the delta's chunks, then (SCAFFOLD only) Δc_i's, each in block order */
+    if (c->kind == FM_PAYLOAD_ADAPTERS)
+        return fm_tensor_rx_add(&p->rx, c) == FM_OK ? FM_NET_OK : FM_NET_INVALID_ARGUMENT;
+    if (c->kind != FM_PAYLOAD_CONTROL_VARIATE || !s->scaffold) {
+        fm_error(FM_ERR_INVALID_ARG, "Push: site %d sends a chunk of payload %d; this run's pushes carry %s", k,
+                 (int)c->kind, s->scaffold ? "adapters and control variates (SCAFFOLD)" : "adapters only");
+        return FM_NET_INVALID_ARGUMENT;
+    }
+    if (!fm_tensor_rx_complete(&p->rx)) {
+        fm_error(FM_ERR_PARSE, "Push: site %d sends its control variate before its whole delta (at block %zu)", k,
+                 p->rx.block);
+        return FM_NET_INVALID_ARGUMENT;
+    }
+    return fm_tensor_rx_add(&p->rx_c, c) == FM_OK ? FM_NET_OK : FM_NET_INVALID_ARGUMENT;
 }
 
 /* Finishes the open round: adds the parked updates not yet added, in site order (skipping the tasked sites
@@ -801,12 +898,15 @@ static fm_status close_round(fm_fedsrv *s)
             FM_TRY(add_parked(s, i));
     s->next_add = s->tasked;
     FM_TRY(fm_strategy_finish_round(s->cfg.strategy, NULL));
+    if (s->cfg.hooks && s->cfg.hooks->round_closed) /* representation FL: the round's real work, the next vector */
+        FM_TRY(s->cfg.hooks->round_closed(s->cfg.hooks->ctx, s->round));
     double loss = 0.0;
     int n = 0;
     for (int i = 0; i < s->tasked; i++) {
         if (s->pushed[i]) {
             loss += s->losses[i];
             n++;
+            s->aggregated[s->chosen[i]] = s->round; /* saved with the round: a site learns it only afterwards */
         }
     }
     fm_fedsrv_round_log *r = &s->history[s->round - 1];
@@ -870,12 +970,22 @@ int fm_fedsrv_push_end(fm_fedsrv *s, fm_fedsrv_push *p, fm_wire_reply *reply)
                  p->rx.block);
         return FM_NET_INVALID_ARGUMENT;
     }
+    if (s->scaffold && !fm_tensor_rx_complete(&p->rx_c)) {
+        fm_error(FM_ERR_PARSE,
+                 "Push: site %d's stream ended before its control variate's change (SCAFFOLD) arrived whole (at block "
+                 "%zu)",
+                 k, p->rx_c.block);
+        return FM_NET_INVALID_ARGUMENT;
+    }
     /* calls run concurrently (src/net/rpc.c): while this stream was open the round may have closed (deadline,
      * over-selection), or another stream of the same site may have been accepted */
     int slot = -1;
     int rc = check_round(s, k, p->round, &slot);
     if (rc)
         return rc;
+    const fm_fedsrv_hooks *hk = s->cfg.hooks;
+    if (hk && hk->accepted && hk->accepted(hk->ctx, s->round, k, p->delta, &p->steps) != FM_OK)
+        return FM_NET_INTERNAL; /* the hook kept nothing: the round is as it was */
     s->pushed[slot] = 1;
     s->n_pushed++;
     s->joined[k] = 1; /* a site that pushed must hear DONE before the server leaves */
@@ -885,7 +995,7 @@ int fm_fedsrv_push_end(fm_fedsrv *s, fm_fedsrv_push *p, fm_wire_reply *reply)
     fm_status st = FM_OK;
     if (slot == s->next_add) { /* its turn: straight into the strategy, never parked */
         s->park[slot] = (parked){.ram = delta, .has_update = 1};
-        s->park_bytes += s->cfg.n_params * sizeof(float);
+        s->park_bytes += s->width * sizeof(float);
     } else {
         st = park_update(s, slot, delta);
     }

@@ -16,8 +16,9 @@
  * aggregate is that of the sites_per_round lowest-indexed tasked sites, which is what `fedmm sim` uses.
  *
  * State: with state_dir set, after every finished round the server writes state_dir/server-strategy-R
- * .safetensors (fm_strategy_save: global vector and the rule's state) and then state_dir/server-state
- * .safetensors (run id, R, the per-round log, fingerprints of the configuration), both atomically (temporary
+ * .safetensors (fm_strategy_save: global vector and the rule's state, SCAFFOLD's c included) and then
+ * state_dir/server-state.safetensors (run id, R, the per-round log, each site's last aggregated round,
+ * fingerprints of the configuration), both atomically (temporary
  * file, fsync, rename), and only then removes the previous round's strategy file: a crash at any point
  * leaves a state file naming a complete strategy file. The open round's pushes are not saved: after a resume
  * its sites are tasked again and re-push (site training is deterministic, so the result does not change). */
@@ -54,6 +55,38 @@ typedef struct fm_fedsrv_round_log {
     double bytes_up, bytes_down;
 } fm_fedsrv_round_log;
 
+/* What a CreamFL push measured (PushHeader fields 20–22; fm_creamfl_site_report): valid during the hook call. */
+typedef struct fm_fedsrv_steps {
+    const float *loss, *inter, *intra;
+    size_t n_loss, n_inter, n_intra;
+} fm_fedsrv_steps;
+
+/* Representation FL (CreamFL over the network, src/cli/creamfl_net.c). The vector is then not a model's trainable
+ * vector but representations of the public set, one block per modality ([images | texts], |P|·d floats each):
+ * Pull sends the server's; a push carries the site's own for the blocks its modalities cover (not a delta) and its
+ * step statistics. The strategy only holds the vector Pull sends (round_closed replaces it each round); the hooks
+ * do the rest. Parameter FL leaves fm_fedsrv_config.hooks NULL. */
+typedef struct fm_fedsrv_hooks {
+    void *ctx;
+    /* the sites round `round` tasks (m of num_sites, ascending) instead of fm_round_sites; NULL: fm_round_sites */
+    fm_status (*draw)(void *ctx, int round, int num_sites, int m, int *chosen);
+    /* (n_blocks) the payload kind of each block's chunks: Pull stamps them, a push's chunks must carry them */
+    const fm_wire_payload_kind *block_kinds;
+    /* (num_sites) each site's modalities (fm_modality bits): a Join declaring others is refused; NULL: unchecked */
+    const uint32_t *site_modalities;
+    /* a push header's checks beyond fedsrv's own (its step statistics), before anything of the push is kept:
+     * FM_NET_OK or a gRPC status code with the reason in fm_last_error() */
+    int (*check_header)(void *ctx, const fm_wire_push_header *h);
+    /* a complete push was accepted into the open round (called in arrival order, before it is counted): vec (P
+     * floats, zero outside the site's blocks) and its steps, valid during the call only. An error refuses the
+     * push (INTERNAL) and leaves the round as it was. */
+    fm_status (*accepted)(void *ctx, int round, int site, const float *vec, const fm_fedsrv_steps *steps);
+    /* the round's pushes went through the strategy; before the round is logged (on_round) and its state written:
+     * the hook finishes the round and sets the next round's vector (fm_strategy_set_global). An error stops the
+     * server (fm_fedsrv_fatal). */
+    fm_status (*round_closed)(void *ctx, int round);
+} fm_fedsrv_hooks;
+
 typedef struct fm_fedsrv_config {
     const char *run_id;  /* ≤ FM_WIRE_RUN_ID_MAX characters */
     int rounds;          /* R ≥ 1; rounds are numbered 1..R */
@@ -88,6 +121,7 @@ typedef struct fm_fedsrv_config {
      * finished one, its global vector and strategy state, its per-round log. FM_ERR_IO when there is no state,
      * FM_ERR_PARSE when it is damaged, FM_ERR_CONFIG when it was written with another configuration. */
     int resume;
+    const fm_fedsrv_hooks *hooks; /* NULL: parameter FL; else representation FL (above); borrowed */
 } fm_fedsrv_config;
 
 typedef struct fm_fedsrv fm_fedsrv;
@@ -104,8 +138,14 @@ int fm_fedsrv_join(fm_fedsrv *s, const char *bearer, const fm_wire_join *j, fm_w
 int fm_fedsrv_heartbeat(fm_fedsrv *s, const char *bearer, const fm_wire_ref *h, fm_wire_task *task);
 /* On OK *global points at the current global vector (P floats) to stream out. */
 int fm_fedsrv_pull(fm_fedsrv *s, const char *bearer, const fm_wire_ref *r, const float **global);
+/* SCAFFOLD's server control variate c (P floats, streamed after the global vector on every Pull, as
+ * FM_PAYLOAD_CONTROL_VARIATE chunks); NULL for every other strategy. Like the global vector, it changes only
+ * when a round closes. */
+const float *fm_fedsrv_control(const fm_fedsrv *s);
 
-/* A push in progress: header, chunks, end. Nothing reaches the round before fm_fedsrv_push_end succeeds, so a
+/* A push in progress: header, chunks, end. The chunks are the trained blocks of the delta (FM_PAYLOAD_ADAPTERS),
+ * then, with SCAFFOLD only, the same blocks of the site's Δc_i (FM_PAYLOAD_CONTROL_VARIATE); a push is staged as
+ * one vector of P (SCAFFOLD: 2P) floats. Nothing reaches the round before fm_fedsrv_push_end succeeds, so a
  * push abandoned midway (fm_fedsrv_push_free) leaves no trace. Several may be in progress at once (rpc.c
  * interleaves calls on one thread), each with its own staging vector of P floats: a chunk of a push whose round
  * closed meanwhile is refused as stale (FAILED_PRECONDITION), and push_end checks the round and duplicates again,
@@ -123,6 +163,8 @@ fm_status fm_fedsrv_poll(fm_fedsrv *s, double now);
 /* The vector's blocks (the config's). */
 const fm_strategy_block *fm_fedsrv_blocks(const fm_fedsrv *s);
 size_t fm_fedsrv_num_blocks(const fm_fedsrv *s);
+/* The payload kind of each block's chunks (representation FL); NULL: every chunk of a Pull is of its stream's kind. */
+const fm_wire_payload_kind *fm_fedsrv_block_kinds(const fm_fedsrv *s);
 /* The round now open (R + 1 once the run is done). */
 int fm_fedsrv_round(const fm_fedsrv *s);
 /* 1 once every round is finished. */

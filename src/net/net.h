@@ -72,6 +72,11 @@ fm_status fm_net_client_create(fm_net_client **out, const char *target, const ch
 /* The same over TLS as `tls` says (NULL: plaintext). */
 fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
                                    const fm_net_tls *tls);
+/* A plaintext channel whose receive window stays small (HTTP/2's default; gRPC's bandwidth-delay probing, which
+ * grows it to many MiB on loopback, is off): a call that stops reading holds the server's sends back within a
+ * chunk or two. For tests of flow control (fm_net_pull_paused). */
+fm_status fm_net_client_create_narrow(fm_net_client **out, const char *target, const char *token,
+                                      double call_timeout_s);
 void fm_net_client_destroy(fm_net_client *c);
 /* How Push sends updates (NULL: float32, uncompressed, the default). FM_ERR_CONFIG for an invalid codec. Pull
  * takes whatever encoding the server sends: every chunk says its own. */
@@ -89,12 +94,35 @@ int fm_net_last_busy(const fm_net_client *c);
 
 fm_status fm_net_join(fm_net_client *c, const fm_wire_join *j, fm_wire_task *task);
 fm_status fm_net_heartbeat(fm_net_client *c, const fm_wire_ref *h, fm_wire_task *task);
-/* Streams the global vector of round r->round into dst (P floats laid out by `blocks`), checking every chunk. */
+/* Streams the global vector of round r->round into dst (P floats laid out by `blocks`), checking every chunk. A
+ * control variate in the stream (the server runs SCAFFOLD) is refused with FM_ERR_CONFIG. */
 fm_status fm_net_pull(fm_net_client *c, const fm_wire_ref *r, float *dst, const fm_strategy_block *blocks,
                       size_t n_blocks);
+/* The same, and SCAFFOLD's server control variate c, which follows the global vector, into control (P floats);
+ * FM_ERR_CONFIG when the server sends none (it runs another strategy). control NULL: fm_net_pull. */
+fm_status fm_net_pull_control(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
+                              const fm_strategy_block *blocks, size_t n_blocks);
+/* fm_net_pull_control that, once after_chunks chunks arrived, calls paused(ctx) before it reads on (for tests of a
+ * round that closes while a Pull streams: meanwhile the server can send only what gRPC's flow control lets it). */
+fm_status fm_net_pull_paused(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
+                             const fm_strategy_block *blocks, size_t n_blocks, size_t after_chunks,
+                             void (*paused)(void *ctx), void *ctx);
 /* Streams the header and then the trained blocks of `delta` in chunks of chunk_floats (0 = 1 MiB). */
 fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
                       const fm_strategy_block *blocks, size_t chunk_floats, fm_wire_reply *reply);
+/* The same, then (SCAFFOLD, control_delta not NULL) the same blocks of the site's Δc_i, in the same codec. */
+fm_status fm_net_push_control(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
+                              const float *control_delta, const fm_strategy_block *blocks, size_t chunk_floats,
+                              fm_wire_reply *reply);
+
+/* One call of `method` on the client's channel (bearer token, call timeout, status and busy / handshake flags as for
+ * the calls above): the messages produce(ctx, out) yields are sent (1 per message, 0 at the end, −1 on a local error:
+ * the call is cancelled), then every reply message is handed to consume(ctx, in); a consume error cancels the call
+ * and is returned. FM_ERR_NETWORK for a status other than OK. For calls built outside rpc.c (src/net/rep_stream.c). */
+typedef int (*fm_net_produce_fn)(void *ctx, fm_wire_buf *out);
+typedef fm_status (*fm_net_consume_fn)(void *ctx, const fm_wire_buf *in);
+fm_status fm_net_call(fm_net_client *c, const char *method, fm_net_produce_fn produce, fm_net_consume_fn consume,
+                      void *ctx);
 
 /* Sends n arbitrary messages (any bytes, e.g. garbage) to `method` ("/fedmm.Federation/Join", ...) and returns
  * the call's gRPC status code. For tests of the server's input handling. */

@@ -253,8 +253,9 @@ typedef struct srv_call {
     grpc_byte_buffer *send_bb;
     fm_fedsrv_push *push; /* Push: after an accepted header; nothing of it is in the round before push_end */
     double push_bytes;    /* Push: payload bytes received */
-    fm_tensor_tx tx;      /* Pull: the global vector going out */
+    fm_tensor_tx tx;      /* Pull: the global vector going out, then (SCAFFOLD) the control variate c */
     int tx_open;
+    const float *pull_control;             /* Pull: SCAFFOLD's c, sent once the global vector is out; NULL otherwise */
     char pull_run[FM_WIRE_RUN_ID_MAX + 1]; /* tx stamps every chunk with it */
     int64_t pull_round;
     double chunk_bytes; /* Pull: payload bytes of the chunk in flight */
@@ -475,9 +476,9 @@ static void serve_task(server *S, srv_call *c, const fm_wire_buf *in)
         send_msg(S, c, &out, CALL_REPLY_SEND);
 }
 
-/* Pull: the next chunk of the global vector, or the end. The vector changes only when its round closes, and
- * every chunk is encoded (copied) just before it goes out, so a Pull whose round closed midway is refused
- * rather than finished from another round's vector. */
+/* Pull: the next chunk of the global vector (then, with SCAFFOLD, of the control variate c), or the end. Both
+ * change only when their round closes, and every chunk is encoded (copied) just before it goes out, so a Pull
+ * whose round closed midway is refused rather than finished from another round's vectors. */
 static void pull_next(server *S, srv_call *c)
 {
     if (fm_fedsrv_done(S->srv) || fm_fedsrv_round(S->srv) != c->pull_round) {
@@ -488,7 +489,17 @@ static void pull_next(server *S, srv_call *c)
     }
     fm_wire_chunk ch;
     fm_wire_buf out;
-    const int more = fm_tensor_tx_next(&c->tx, &ch);
+    int more = fm_tensor_tx_next(&c->tx, &ch);
+    if (more == 0 && c->pull_control) { /* the global vector is out: c follows, block by block, in the same codec */
+        const int32_t site = c->tx.site;
+        fm_tensor_tx_free(&c->tx);
+        fm_tensor_tx_init(&c->tx, c->pull_control, fm_fedsrv_blocks(S->srv), fm_fedsrv_num_blocks(S->srv), NULL, 0,
+                          c->pull_run, c->pull_round, site);
+        fm_tensor_tx_set_codec(&c->tx, S->codec);
+        c->tx.kind = FM_PAYLOAD_CONTROL_VARIATE;
+        c->pull_control = NULL;
+        more = fm_tensor_tx_next(&c->tx, &ch);
+    }
     if (more == 0) {
         finish(S, c, 0);
         return;
@@ -517,8 +528,10 @@ static void serve_pull(server *S, srv_call *c, const fm_wire_buf *in)
     fm_tensor_tx_init(&c->tx, global, fm_fedsrv_blocks(S->srv), fm_fedsrv_num_blocks(S->srv), NULL, 0, c->pull_run,
                       r.round, r.site);
     fm_tensor_tx_set_codec(&c->tx, S->codec);
+    c->tx.block_kinds = fm_fedsrv_block_kinds(S->srv); /* representation FL: images, texts */
     c->tx_open = 1;
     c->pull_round = r.round;
+    c->pull_control = fm_fedsrv_control(S->srv);
     pull_next(S, c);
 }
 
@@ -910,8 +923,9 @@ fm_status fm_net_client_create(fm_net_client **out, const char *target, const ch
     return fm_net_client_create_tls(out, target, token, call_timeout_s, NULL);
 }
 
-fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
-                                   const fm_net_tls *tls)
+/* narrow: BDP probing off, so that the receive window stays at HTTP/2's small default (fm_net_client_create_narrow) */
+static fm_status client_create(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
+                               const fm_net_tls *tls, int narrow)
 {
     *out = NULL;
     if (strlen(token) > FM_WIRE_TOKEN_MAX)
@@ -929,9 +943,15 @@ fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, cons
     grpc_init();
     snprintf(c->bearer, sizeof c->bearer, "Bearer %s", token);
     c->timeout_s = call_timeout_s > 0 ? call_timeout_s : 60.0;
-    grpc_arg args[4];
+    grpc_arg args[5];
     grpc_channel_args ca;
     limit_args(args, &ca);
+    if (narrow) {
+        args[ca.num_args].type = GRPC_ARG_INTEGER;
+        args[ca.num_args].key = GRPC_ARG_HTTP2_BDP_PROBE;
+        args[ca.num_args].value.integer = 0;
+        ca.num_args++;
+    }
     /* gRPC's own reconnection back-off grows to 120 s, so a channel that lost its server would keep failing
      * calls fast long after the server came back (--resume): cap it near the site's own back-off (client.c).
      * GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the connection attempt's timeout */
@@ -969,6 +989,17 @@ fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, cons
     c->cq = grpc_completion_queue_create_for_next(NULL);
     *out = c;
     return FM_OK;
+}
+
+fm_status fm_net_client_create_tls(fm_net_client **out, const char *target, const char *token, double call_timeout_s,
+                                   const fm_net_tls *tls)
+{
+    return client_create(out, target, token, call_timeout_s, tls, 0);
+}
+
+fm_status fm_net_client_create_narrow(fm_net_client **out, const char *target, const char *token, double call_timeout_s)
+{
+    return client_create(out, target, token, call_timeout_s, NULL, 1);
 }
 
 void fm_net_client_destroy(fm_net_client *c)
@@ -1186,6 +1217,11 @@ typedef struct pull_ctx {
     int sent;
     const fm_wire_ref *ref;
     fm_tensor_rx rx;
+    float *control;          /* SCAFFOLD: where c goes; NULL: the site expects none */
+    fm_tensor_rx rx_c;       /* c's chunks, after the global vector's */
+    size_t got, pause_after; /* chunks received; fm_net_pull_paused calls paused(ctx) after pause_after of them */
+    void (*paused)(void *ctx);
+    void *pause_ctx;
 } pull_ctx;
 
 static int pull_produce(void *ctx, fm_wire_buf *out)
@@ -1208,30 +1244,64 @@ static fm_status pull_consume(void *ctx, const fm_wire_buf *in)
     if (strcmp(ch.run_id, p->ref->run_id) != 0 || ch.round != p->ref->round || ch.site != p->ref->site)
         st = fm_error(FM_ERR_PARSE, "Pull: a chunk of run %s round %lld site %d, expected run %s round %lld site %d",
                       ch.run_id, (long long)ch.round, ch.site, p->ref->run_id, (long long)p->ref->round, p->ref->site);
-    if (st == FM_OK)
+    if (st == FM_OK && ch.kind == FM_PAYLOAD_ADAPTERS)
         st = fm_tensor_rx_add(&p->rx, &ch);
+    else if (st == FM_OK && ch.kind != FM_PAYLOAD_CONTROL_VARIATE)
+        st = fm_error(FM_ERR_PARSE, "Pull: a chunk of payload %d in a Pull of the global vector", (int)ch.kind);
+    else if (st == FM_OK && !p->control)
+        st = fm_error(FM_ERR_CONFIG, "Pull: the server sends a control variate (it runs fl.strategy scaffold); this "
+                                     "site's config has another fl.strategy");
+    else if (st == FM_OK && !fm_tensor_rx_complete(&p->rx))
+        st = fm_error(FM_ERR_PARSE, "Pull: the control variate began before the global vector was whole (at block %zu)",
+                      p->rx.block);
+    else if (st == FM_OK)
+        st = fm_tensor_rx_add(&p->rx_c, &ch);
     fm_wire_chunk_free(&ch);
+    if (st == FM_OK && ++p->got == p->pause_after && p->paused)
+        p->paused(p->pause_ctx); /* nothing more is read meanwhile: gRPC's flow control holds the server back */
     return st;
 }
 
-fm_status fm_net_pull(fm_net_client *c, const fm_wire_ref *r, float *dst, const fm_strategy_block *blocks,
-                      size_t n_blocks)
+fm_status fm_net_pull_paused(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
+                             const fm_strategy_block *blocks, size_t n_blocks, size_t after_chunks,
+                             void (*paused)(void *ctx), void *ctx)
 {
-    pull_ctx p = {.ref = r};
+    pull_ctx p = {.ref = r, .control = control, .pause_after = after_chunks, .paused = paused, .pause_ctx = ctx};
     FM_TRY(fm_wire_encode_ref(r, &p.req));
     fm_tensor_rx_init(&p.rx, dst, blocks, n_blocks, NULL);
+    if (control)
+        fm_tensor_rx_init(&p.rx_c, control, blocks, n_blocks, NULL);
     fm_status st = client_call(c, METHOD_PULL, pull_produce, pull_consume, &p);
     fm_wire_buf_free(&p.req);
     FM_TRY(st);
     if (!fm_tensor_rx_complete(&p.rx))
         return fm_error(FM_ERR_PARSE, "Pull: the stream ended at block %zu of %zu", p.rx.block, n_blocks);
+    if (control && !fm_tensor_rx_complete(&p.rx_c))
+        return fm_error(FM_ERR_CONFIG,
+                        "Pull: the stream ended at block %zu of %zu of the control variate (%s): a SCAFFOLD site "
+                        "needs a server that runs fl.strategy scaffold",
+                        p.rx_c.block, n_blocks, p.rx_c.block == 0 ? "none was sent" : "cut short");
     return FM_OK;
+}
+
+fm_status fm_net_pull_control(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
+                              const fm_strategy_block *blocks, size_t n_blocks)
+{
+    return fm_net_pull_paused(c, r, dst, control, blocks, n_blocks, 0, NULL, NULL);
+}
+
+fm_status fm_net_pull(fm_net_client *c, const fm_wire_ref *r, float *dst, const fm_strategy_block *blocks,
+                      size_t n_blocks)
+{
+    return fm_net_pull_control(c, r, dst, NULL, blocks, n_blocks);
 }
 
 typedef struct push_ctx {
     const fm_wire_push_header *h;
     int header_sent;
     fm_tensor_tx tx;
+    fm_tensor_tx tx_c; /* SCAFFOLD: Δc_i, after the delta */
+    int has_c, in_c;
     fm_wire_reply *reply;
     int got;
     double bytes; /* payload bytes handed to gRPC */
@@ -1245,7 +1315,11 @@ static int push_produce(void *ctx, fm_wire_buf *out)
         return fm_wire_encode_push_header(p->h, out) == FM_OK ? 1 : -1;
     }
     fm_wire_chunk ch;
-    const int more = fm_tensor_tx_next(&p->tx, &ch);
+    int more = p->in_c ? 0 : fm_tensor_tx_next(&p->tx, &ch);
+    if (more == 0 && p->has_c) {
+        p->in_c = 1;
+        more = fm_tensor_tx_next(&p->tx_c, &ch);
+    }
     if (more <= 0)
         return more;
     p->bytes += (double)ch.payload_len;
@@ -1261,19 +1335,34 @@ static fm_status push_consume(void *ctx, const fm_wire_buf *in)
     return fm_wire_decode_reply(in->data, in->len, p->reply);
 }
 
-fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
-                      const fm_strategy_block *blocks, size_t chunk_floats, fm_wire_reply *reply)
+fm_status fm_net_push_control(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
+                              const float *control_delta, const fm_strategy_block *blocks, size_t chunk_floats,
+                              fm_wire_reply *reply)
 {
-    push_ctx p = {.h = h, .reply = reply};
+    push_ctx p = {.h = h, .reply = reply, .has_c = control_delta != NULL};
     fm_tensor_tx_init(&p.tx, delta, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round, h->site);
     fm_tensor_tx_set_codec(&p.tx, &c->codec);
+    if (control_delta) {
+        fm_tensor_tx_init(&p.tx_c, control_delta, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round,
+                          h->site);
+        fm_tensor_tx_set_codec(&p.tx_c, &c->codec);
+        p.tx_c.kind = FM_PAYLOAD_CONTROL_VARIATE;
+    }
     fm_status st = client_call(c, METHOD_PUSH, push_produce, push_consume, &p);
     fm_tensor_tx_free(&p.tx);
+    if (control_delta)
+        fm_tensor_tx_free(&p.tx_c);
     c->last_push_bytes = p.bytes;
     FM_TRY(st);
     if (!p.got || !reply->accepted)
         return fm_error(FM_ERR_NETWORK, "Push: the server did not accept the update");
     return FM_OK;
+}
+
+fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
+                      const fm_strategy_block *blocks, size_t chunk_floats, fm_wire_reply *reply)
+{
+    return fm_net_push_control(c, h, delta, NULL, blocks, chunk_floats, reply);
 }
 
 typedef struct raw_ctx {
@@ -1362,4 +1451,10 @@ int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_bu
     grpc_slice_unref(md.value);
     grpc_call_unref(call);
     return c->last_code;
+}
+
+fm_status fm_net_call(fm_net_client *c, const char *method, fm_net_produce_fn produce, fm_net_consume_fn consume,
+                      void *ctx)
+{
+    return client_call(c, method, produce, consume, ctx);
 }

@@ -132,6 +132,7 @@ fm_status fm_wire_encode_task(const fm_wire_task *m, fm_wire_buf *out)
     r.n_params = m->n_params;
     r.rounds = m->rounds;
     r.config = (char *)m->config;
+    r.aggregated_round = m->aggregated_round;
     return pack(&r.base, out);
 }
 
@@ -169,6 +170,7 @@ static fm_status fill_chunk(Fedmm__TensorChunk *r, const fm_wire_chunk *m)
         r->data.data = (uint8_t *)m->data;
     }
     r->crc32c = m->crc32c;
+    r->payload = (Fedmm__Payload)m->kind;
     return FM_OK;
 }
 
@@ -193,6 +195,16 @@ fm_status fm_wire_encode_push_header(const fm_wire_push_header *m, fm_wire_buf *
     h.n_params = m->n_params;
     h.trained.len = m->n_blocks;
     h.trained.data = (uint8_t *)m->trained;
+    if (m->n_step_loss > FM_WIRE_MAX_STEP_VALUES || m->n_step_inter > FM_WIRE_MAX_STEP_VALUES ||
+        m->n_step_intra > FM_WIRE_MAX_STEP_VALUES)
+        return fm_error(FM_ERR_INVALID_ARG, "wire: step lists of %zu / %zu / %zu values (at most %d each)",
+                        m->n_step_loss, m->n_step_inter, m->n_step_intra, FM_WIRE_MAX_STEP_VALUES);
+    h.n_step_loss = m->n_step_loss;
+    h.step_loss = (float *)m->step_loss;
+    h.n_step_inter = m->n_step_inter;
+    h.step_inter = (float *)m->step_inter;
+    h.n_step_intra = m->n_step_intra;
+    h.step_intra = (float *)m->step_intra;
     r.header = &h;
     return pack(&r.base, out);
 }
@@ -258,6 +270,7 @@ fm_status fm_wire_decode_task(const uint8_t *buf, size_t len, fm_wire_task *out)
     out->deadline_unix_ms = r->deadline_unix_ms;
     out->n_params = r->n_params;
     out->rounds = r->rounds;
+    out->aggregated_round = r->aggregated_round;
     fedmm__task__free_unpacked(r, NULL);
     return st;
 }
@@ -289,9 +302,12 @@ static fm_status take_chunk(const Fedmm__TensorChunk *r, fm_wire_chunk *out)
     out->numel = r->numel;
     out->offset = r->offset;
     out->crc32c = r->crc32c;
-    const int enc = (int)r->encoding, comp = (int)r->compression;
+    const int enc = (int)r->encoding, comp = (int)r->compression, kind = (int)r->payload;
     if (enc != FM_WIRE_F32 && enc != FM_WIRE_BF16 && enc != FM_WIRE_INT8)
         return fm_error(FM_ERR_PARSE, "TensorChunk: unknown encoding %d", enc);
+    if (kind < 0 || kind >= FM_PAYLOAD_KINDS)
+        return fm_error(FM_ERR_PARSE, "TensorChunk: unknown payload %d", kind);
+    out->kind = (fm_wire_payload_kind)kind;
     if (comp != FM_WIRE_RAW && comp != FM_WIRE_ZSTD)
         return fm_error(FM_ERR_PARSE, "TensorChunk: unknown compression %d", comp);
     const size_t count = r->count;
@@ -385,6 +401,28 @@ fm_status fm_wire_decode_push(const uint8_t *buf, size_t len, fm_wire_push_msg *
         for (size_t b = 0; st == FM_OK && b < h->trained.len; b++)
             if (h->trained.data[b] > 1)
                 st = fm_error(FM_ERR_PARSE, "PushHeader: trained flag %zu is %u (0 or 1)", b, h->trained.data[b]);
+        if (st == FM_OK && (h->n_step_loss > FM_WIRE_MAX_STEP_VALUES || h->n_step_inter > FM_WIRE_MAX_STEP_VALUES ||
+                            h->n_step_intra > FM_WIRE_MAX_STEP_VALUES))
+            st = fm_error(FM_ERR_PARSE, "PushHeader: step lists of %zu / %zu / %zu values (at most %d each)",
+                          h->n_step_loss, h->n_step_inter, h->n_step_intra, FM_WIRE_MAX_STEP_VALUES);
+        const size_t n_steps = st == FM_OK ? h->n_step_loss + h->n_step_inter + h->n_step_intra : 0;
+        if (n_steps > 0) { /* CreamFL's step lists: one copy, owned by the header */
+            float *v = malloc(n_steps * sizeof(float));
+            if (!v) {
+                st = fm_error(FM_ERR_NO_MEMORY, "Push: out of memory");
+            } else {
+                out->header->step_owned = v;
+                memcpy(v, h->step_loss, h->n_step_loss * sizeof(float));
+                memcpy(v + h->n_step_loss, h->step_inter, h->n_step_inter * sizeof(float));
+                memcpy(v + h->n_step_loss + h->n_step_inter, h->step_intra, h->n_step_intra * sizeof(float));
+                out->header->step_loss = v;
+                out->header->n_step_loss = h->n_step_loss;
+                out->header->step_inter = v + h->n_step_loss;
+                out->header->n_step_inter = h->n_step_inter;
+                out->header->step_intra = v + h->n_step_loss + h->n_step_inter;
+                out->header->n_step_intra = h->n_step_intra;
+            }
+        }
         if (st == FM_OK) {
             fm_wire_push_header *o = out->header;
             o->round = h->round;
@@ -412,6 +450,8 @@ void fm_wire_push_msg_free(fm_wire_push_msg *m)
 {
     if (!m)
         return;
+    if (m->header)
+        free(m->header->step_owned);
     free(m->header);
     m->header = NULL;
     fm_wire_chunk_free(&m->chunk);
@@ -485,6 +525,7 @@ int fm_tensor_tx_next(fm_tensor_tx *tx, fm_wire_chunk *out)
     out->offset = tx->offset;
     out->count = count;
     out->data = data;
+    out->kind = tx->block_kinds ? tx->block_kinds[tx->block] : tx->kind;
     out->encoding = tx->enc.codec.encoding;
     if (fm_wire_encode_values(&tx->enc, data, count, &out->payload, &out->payload_len, &out->compression) != FM_OK)
         return -1;

@@ -16,6 +16,7 @@
 #define FM_WIRE_TOKEN_MAX 128
 #define FM_WIRE_NAME_MAX 64
 #define FM_WIRE_MAX_BLOCKS 65536
+#define FM_WIRE_MAX_STEP_VALUES 65536 /* values in each of a PushHeader's CreamFL step lists (fields 20–22) */
 
 /* CRC-32C (Castagnoli), chainable: crc = fm_crc32c(0, a, n); crc = fm_crc32c(crc, b, m). */
 uint32_t fm_crc32c(uint32_t crc, const void *data, size_t n);
@@ -47,6 +48,7 @@ typedef struct fm_wire_task {
     uint64_t n_params;
     int32_t rounds;
     char config[256];
+    int64_t aggregated_round; /* the last round whose update of this site a finished round aggregated (0: none) */
 } fm_wire_task;
 
 /* HeartbeatRequest and PullRequest. */
@@ -55,6 +57,16 @@ typedef struct fm_wire_ref {
     int64_t round;
     int32_t site;
 } fm_wire_ref;
+
+/* What a tensor stream carries (TensorChunk.payload): a Pull or Push of adapters (the trainable vector's blocks)
+ * unless a chunk says otherwise. */
+typedef enum fm_wire_payload_kind {
+    FM_PAYLOAD_ADAPTERS = 0,        /* the global vector down, a site's delta up */
+    FM_PAYLOAD_CONTROL_VARIATE = 1, /* SCAFFOLD: the server's c down (after the adapters), a site's Δc_i up */
+    FM_PAYLOAD_PUBLIC_IMAGE = 2,    /* CreamFL: image representations of the public set */
+    FM_PAYLOAD_PUBLIC_TEXT = 3      /* CreamFL: text representations of the public set */
+} fm_wire_payload_kind;
+#define FM_PAYLOAD_KINDS 4
 
 /* One piece of one tensor. `payload` is the message's data field exactly as it travels (the values encoded,
  * then maybe compressed); the tensor's CRC-32C is computed over the payloads of its chunks, in order. */
@@ -72,6 +84,7 @@ typedef struct fm_wire_chunk {
     size_t payload_len;
     const float *data; /* the values; encode: borrowed; decode: decoded, owned by the chunk (fm_wire_chunk_free) */
     uint32_t crc32c;   /* on the tensor's last chunk */
+    fm_wire_payload_kind kind; /* what the stream carries (TensorChunk.payload) */
     float *owned;
     void *msg; /* decode: the unpacked message that holds payload */
 } fm_wire_chunk;
@@ -85,6 +98,12 @@ typedef struct fm_wire_push_header {
     uint64_t n_params;
     size_t n_blocks;
     uint8_t trained[FM_WIRE_MAX_BLOCKS]; /* 0 / 1 per block */
+    /* CreamFL (fields 20–22, each at most FM_WIRE_MAX_STEP_VALUES; empty in parameter FL): the site's private loss
+     * per local step, its L_inter and L_intra per step and modality. Encode: borrowed (NULL with a count of 0);
+     * decode: one allocation owned by the header (step_owned, freed by fm_wire_push_msg_free) */
+    const float *step_loss, *step_inter, *step_intra;
+    size_t n_step_loss, n_step_inter, n_step_intra;
+    float *step_owned;
 } fm_wire_push_header;
 
 /* One message of a Push stream: a header or a chunk. */
@@ -147,6 +166,9 @@ typedef struct fm_tensor_tx {
     const char *run_id;
     int64_t round;
     int32_t site;
+    fm_wire_payload_kind kind; /* stamped on every chunk (FM_PAYLOAD_ADAPTERS after init; set before the first) */
+    const fm_wire_payload_kind *block_kinds; /* NULL, or (n_blocks) the kind each block's chunks are stamped with
+                                                instead (CreamFL: images, texts); set before the first next */
     fm_wire_encoder enc;
 } fm_tensor_tx;
 

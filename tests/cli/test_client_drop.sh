@@ -16,35 +16,8 @@ base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_step
       --set log_level=warn --threads 1)
 T=300
 
-wait_for() {
-  for _ in $(seq 1 4800); do "$@" && return 0; sleep 0.05; done
-  return 1
-}
-port_of() { sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$1" 2>/dev/null || true; }
-up_or_gone() { [ -n "$(port_of "$1")" ] || ! kill -0 "$2" 2>/dev/null; }
-child_of() { ps -o pid= --ppid "$1" | tr -d ' '; }
 # training_or_gone ERR PID: the site logged its round-1 training, or its process is gone
 training_or_gone() { grep -q "site 2: round 1: training" "$1" 2>/dev/null || ! kill -0 "$2" 2>/dev/null; }
-
-# start_server NAME ARGS...: sets spid and port
-start_server() {
-  local name=$1; shift
-  timeout $T "$FEDMM" server "${base[@]}" "$@" --listen 127.0.0.1:0 --out "$WORK/$name-srv" \
-    >"$WORK/$name-srv.out" 2>"$WORK/$name-srv.err" &
-  spid=$!
-  wait_for up_or_gone "$WORK/$name-srv.out" $spid || true
-  port=$(port_of "$WORK/$name-srv.out")
-  [ -n "$port" ] && pass "$name: server listening on 127.0.0.1:$port" \
-    || { cat "$WORK/$name-srv.err"; fail "$name: server did not start"; finish; }
-}
-
-# start_client NAME K [ARGS...]: site K in the background (pid in cpid)
-start_client() {
-  local name=$1 k=$2; shift 2
-  timeout $T "$FEDMM" client "${base[@]}" "$@" --site $k --server 127.0.0.1:$port \
-    >>"$WORK/$name-c$k.out" 2>>"$WORK/$name-c$k.err" &
-  cpid=$!
-}
 
 # kill_while_training NAME PID: SIGKILL site 2 once it logs that it trains round 1
 kill_while_training() {
@@ -61,16 +34,11 @@ kill_while_training() {
 
 # 1. the deadline closes every round without the killed site
 start_server deadline --set net.round_timeout_s=2 --set fl.min_sites=2
-pids=()
+pids=() ks=()
 for k in 0 1; do start_client deadline $k; pids+=($cpid); done
 start_client deadline 2 --set log_level=info
 kill_while_training deadline $cpid
-for k in 0 1; do
-  rc=0; wait ${pids[$k]} || rc=$?
-  [ $rc -eq 0 ] && pass "deadline: client $k exited 0" || { tail -5 "$WORK/deadline-c$k.err"; fail "deadline: client $k exited $rc"; }
-done
-rc=0; wait $spid || rc=$?
-[ $rc -eq 0 ] && pass "deadline: server exited 0" || { tail -5 "$WORK/deadline-srv.err"; fail "deadline: server exited $rc"; }
+wait_sites deadline
 [ "$(grep -c 'closed at its 2.0 s deadline with 2 of 3 sites' "$WORK/deadline-srv.err")" = 3 ] \
   && pass "deadline: all 3 rounds closed at the deadline with the 2 live sites" \
   || { cat "$WORK/deadline-srv.err"; fail "deadline: not 3 rounds closed with 2 of 3 sites"; }
@@ -80,18 +48,13 @@ rc=0; wait $spid || rc=$?
 # 2. no deadline: the round waits for site 2, which is started again and carries on
 "$FEDMM" sim "${base[@]}" --out "$WORK/sim" >"$WORK/sim.log" 2>&1 || { cat "$WORK/sim.log"; fail "sim failed"; }
 start_server restart
-pids=()
+pids=() ks=()
 for k in 0 1; do start_client restart $k; pids+=($cpid); done
 start_client restart 2 --set log_level=info
 kill_while_training restart $cpid
 start_client restart 2 --set log_level=info
 pids+=($cpid)
-for k in 0 1 2; do
-  rc=0; wait ${pids[$k]} || rc=$?
-  [ $rc -eq 0 ] && pass "restart: client $k exited 0" || { tail -5 "$WORK/restart-c$k.err"; fail "restart: client $k exited $rc"; }
-done
-rc=0; wait $spid || rc=$?
-[ $rc -eq 0 ] && pass "restart: server exited 0" || { tail -5 "$WORK/restart-srv.err"; fail "restart: server exited $rc"; }
+wait_sites restart
 [ "$(grep -c 'site 2: joined run' "$WORK/restart-c2.err")" = 2 ] && [ "$(grep -c 'site 2: round 1 pushed' "$WORK/restart-c2.err")" = 1 ] \
   && pass "restart: site 2 joined again and pushed round 1 once" || { cat "$WORK/restart-c2.err"; fail "restart: site 2's log"; }
 grep -q "refused with status" "$WORK/restart-srv.err" && { cat "$WORK/restart-srv.err"; fail "restart: a push was refused"; } \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # docker/docker-compose.yml validates with `docker compose config` (or docker-compose v1): one server and four
-# clients (sites 0..3) of one image, the clients' arguments those of scripts/compose-local.sh, and FEDMM_SECRET
-# required. Skips (77) where neither tool is installed; no Docker engine is needed.
+# clients (sites 0..3) of one image, the arguments those of scripts/compose-local.sh (mutual TLS: the server
+# requires client certificates), each site given only its own certificate and key, and FEDMM_SECRET required.
+# Skips (77) where neither tool is installed; no Docker engine is needed.
 source "$(dirname "$0")/lib.sh"
 if docker compose version >/dev/null 2>&1; then
   dc=(docker compose)
@@ -31,10 +32,26 @@ assert len({s["image"] for s in svc.values()}) == 1
 assert all(s["environment"]["FEDMM_SECRET"] for s in svc.values())
 srv = svc["server"]["command"]
 assert srv[0] == "server" and " ".join(srv[1:]).startswith(args["server"]), srv
+assert "net.mtls=true" in srv, srv
+
+def mounts(name):  # container path -> host file name, for the read-only bind mounts (v1 and v2 spell them apart)
+    out = {}
+    for v in svc[name]["volumes"]:
+        if isinstance(v, dict):
+            if v.get("read_only"):
+                out[v["target"]] = v["source"].rsplit("/", 1)[-1]
+        elif v.endswith(":ro"):
+            host, target = v.split(":")[:2]
+            out[target] = host.rsplit("/", 1)[-1]
+    return out
+
+assert mounts("server") == {"/certs/ca.pem": "ca.pem", "/certs/server.pem": "server.pem",
+                            "/certs/server.key": "server.key"}, mounts("server")
 for k in range(4):
     c = svc[f"client{k}"]["command"]
     assert c[0] == "client" and " ".join(c[1:]).startswith(args["client"]), c
     assert c[c.index("--site") + 1] == str(k) and c[c.index("--server") + 1] == "server:7070", c
-    assert any(v.endswith(":/certs:ro") for v in svc[f"client{k}"]["volumes"])
+    want = {"/certs/ca.pem": "ca.pem", "/certs/client.pem": f"client{k}.pem", "/certs/client.key": f"client{k}.key"}
+    assert mounts(f"client{k}") == want, (k, mounts(f"client{k}"))
 PY
 finish

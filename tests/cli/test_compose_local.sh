@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# scripts/compose-local.sh, docker/docker-compose.yml's topology as processes on 127.0.0.1 (1 server + 4 TLS
-# clients), with a short run: all five exit 0 and the server wrote the global model and every round's metrics.
-# Its arguments are the compose file's (checked word for word against the file's text).
+# scripts/compose-local.sh, docker/docker-compose.yml's topology as processes on 127.0.0.1 (1 server + 4 clients
+# over mutual TLS), with a short run: all five exit 0, the server served mutual TLS and wrote the global model and
+# every round's metrics, and each site had only its own key. Its arguments are the compose file's (checked word for
+# word against the file's text).
 source "$(dirname "$0")/lib.sh"
 if ! "$FEDMM" server --help >/dev/null 2>&1; then
   echo "SKIP: this fedmm has no gRPC control plane"; exit 77
@@ -29,8 +30,14 @@ cat "$WORK/out.log"
 [ $rc -eq 0 ] && pass "compose-local.sh: exit 0" || fail "compose-local.sh: exit $rc"
 [ "$(grep -cE '(client[0-3]|server) exited 0$' "$WORK/out.log")" = 5 ] && pass "server and 4 clients exited 0" \
   || fail "not all five exited 0"
-grep -q "port [0-9]*, TLS)" "$WORK/c/server.log" && pass "the server served TLS" \
-  || fail "the server log does not say TLS"
+grep -q "port [0-9]*, mutual TLS)" "$WORK/c/server.log" && pass "the server served mutual TLS" \
+  || fail "the server log does not say mutual TLS"
+grep -q "net.mtls=true" <<<"$args" && pass "the server requires client certificates (net.mtls=true)" \
+  || fail "compose-local.sh does not pass net.mtls=true"
+for k in 0 1 2 3; do
+  cmp -s "$WORK/c/certs/client$k.key" "$WORK/c/site-certs/$k/client.key" && [ "$(ls "$WORK/c/site-certs/$k")" = \
+    "$(printf 'ca.pem\nclient.key\nclient.pem')" ] || fail "site $k's certificates: not ca.pem and its own pair"
+done
 [ -s "$WORK/c/runs/server/adapters.safetensors" ] && pass "global model written" || fail "no global model"
 [ "$(grep -c '"round"' "$WORK/c/runs/server/metrics.jsonl" 2>/dev/null)" = 2 ] && pass "metrics of 2 rounds" \
   || fail "metrics: not 2 rounds"

@@ -3,7 +3,8 @@
 # 127.0.0.1 with bf16 (then int8 + zstd) end with the same global model as `fedmm sim` with the same keys, bit
 # for bit, because sim passes every broadcast and every update through the same encoding; the server's
 # bytes_up / bytes_down (payload bytes) equal sim's; bf16 sends half the bytes of f32 and changes the result;
-# bad values of the keys are refused before anything runs. Every process runs under `timeout`.
+# bad values of the keys are refused before anything runs. SCAFFOLD's control variates travel in the same
+# encoding (int8 + zstd), and the run still equals sim's. Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
 if ! "$FEDMM" server --help >/dev/null 2>&1; then
   echo "SKIP: this fedmm has no gRPC control plane"; exit 77
@@ -35,7 +36,7 @@ federate() {
   [ -n "$port" ] || { cat "$WORK/$name-srv.err"; fail "$name: server did not start"; return; }
   local pids=() k rc
   for k in 0 1 2 3; do
-    timeout $T "$FEDMM" client "${common[@]}" --site $k --server 127.0.0.1:$port \
+    timeout $T "$FEDMM" client "${common[@]}" --site $k --server 127.0.0.1:$port --out "$WORK/$name-c$k" \
       >"$WORK/$name-c$k.out" 2>"$WORK/$name-c$k.err" &
     pids+=($!)
   done
@@ -61,6 +62,7 @@ federate() {
 federate f32
 federate bf16 --set net.encoding=bf16
 federate int8-zstd --set net.encoding=int8 --set net.compress=zstd --set net.zstd_level=5
+federate scaffold-int8-zstd --set fl.strategy=scaffold --set net.encoding=int8 --set net.compress=zstd
 
 # the encoding matters: bf16 is not f32, and it sends half the payload
 cmp -s "$WORK/f32-sim/adapters.safetensors" "$WORK/bf16-sim/adapters.safetensors" \

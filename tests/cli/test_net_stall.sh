@@ -25,32 +25,6 @@ base=(--config experiments/quickstart.yaml --set fl.rounds=2 --set fl.local_step
       --set log_level=warn --threads 1)
 T=300
 
-wait_for() {
-  for _ in $(seq 1 4800); do "$@" && return 0; sleep 0.05; done
-  return 1
-}
-port_of() { sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$1" 2>/dev/null || true; }
-up_or_gone() { [ -n "$(port_of "$1")" ] || ! kill -0 "$2" 2>/dev/null; }
-has_or_gone() { grep -q "$2" "$1" 2>/dev/null || ! kill -0 "$3" 2>/dev/null; }
-child_of() { ps -o pid= --ppid "$1" | tr -d ' '; }
-round1_closed() { grep -q '"round": 1' "$1" 2>/dev/null; }
-
-start_server() {
-  local name=$1; shift
-  timeout $T "$FEDMM" server "${base[@]}" "$@" --listen 127.0.0.1:0 --out "$WORK/$name-srv" \
-    >"$WORK/$name-srv.out" 2>"$WORK/$name-srv.err" &
-  spid=$!
-  wait_for up_or_gone "$WORK/$name-srv.out" $spid || true
-  port=$(port_of "$WORK/$name-srv.out")
-  [ -n "$port" ] && pass "$name: server listening on 127.0.0.1:$port" \
-    || { cat "$WORK/$name-srv.err"; fail "$name: server did not start"; finish; }
-}
-start_client() {
-  local name=$1 k=$2; shift 2
-  timeout $T "$FEDMM" client "${base[@]}" "$@" --site $k --server 127.0.0.1:$port \
-    >"$WORK/$name-c$k.out" 2>"$WORK/$name-c$k.err" &
-  cpid=$!
-}
 # start_staller NAME: site 0's stalled Push; sets stpid once it says the server took the call.
 start_staller() {
   local name=$1
@@ -60,17 +34,6 @@ start_staller() {
   grep -q "stalled: site 0 round 1" "$WORK/$name-stall.out" \
     && pass "$name: site 0's round-1 Push is open and stalled after its header and first chunk" \
     || { cat "$WORK/$name-stall.err"; fail "$name: the staller did not get its Push open"; finish; }
-}
-wait_all() {
-  local name=$1 k rc; shift
-  local pids=("$@")
-  for k in "${!pids[@]}"; do
-    rc=0; wait ${pids[$k]} || rc=$?
-    [ $rc -eq 0 ] && pass "$name: client ${ks[$k]} exited 0" \
-      || { tail -5 "$WORK/$name-c${ks[$k]}.err"; fail "$name: client ${ks[$k]} exited $rc"; }
-  done
-  rc=0; wait $spid || rc=$?
-  [ $rc -eq 0 ] && pass "$name: server exited 0" || { tail -5 "$WORK/$name-srv.err"; fail "$name: server exited $rc"; }
 }
 same_as_sim() {
   cmp -s "$WORK/sim/adapters.safetensors" "$WORK/$1-srv/adapters.safetensors" \
@@ -85,7 +48,7 @@ start_staller frozen
 kill -STOP $stpid && pass "frozen: the staller is stopped (SIGSTOP) with its Push open"
 pids=() ks=()
 for k in 0 1 2; do start_client frozen $k; pids+=($cpid); ks+=($k); done
-wait_all frozen "${pids[@]}"
+wait_sites frozen
 kill -0 $stpid 2>/dev/null && pass "frozen: the staller was still stopped with its call open when the run ended" \
   || fail "frozen: the staller is gone"
 kill -KILL $stpid 2>/dev/null || true
@@ -119,7 +82,7 @@ round1_closed "$WORK/timeout-srv/metrics.jsonl" && fail "timeout: round 1 closed
   || pass "timeout: round 1 still waits for site 0"
 start_client timeout 0
 pids+=($cpid) ks+=(0)
-wait_all timeout "${pids[@]}"
+wait_sites timeout
 grep -q "refused with status" "$WORK/timeout-srv.err" \
   && { cat "$WORK/timeout-srv.err"; fail "timeout: a call was refused (site 0's own push?)"; } \
   || pass "timeout: no call refused: site 0's own push was accepted"
@@ -141,7 +104,7 @@ if [ -n "$child" ] && kill -STOP "$child"; then
 else
   cat "$WORK/deadline-c2.err"; fail "deadline: site 2 could not be held"
 fi
-wait_all deadline "${pids[@]}"
+wait_sites deadline
 grep -q "site 2: round 1: training; the round's deadline is in -\?[0-9.]* s" "$WORK/deadline-c2.err" \
   && pass "deadline: the task told site 2 the round's deadline" \
   || { cat "$WORK/deadline-c2.err"; fail "deadline: no deadline in site 2's log"; }

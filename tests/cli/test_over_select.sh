@@ -16,43 +16,12 @@ base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_step
       --set log_level=warn --threads 1)
 T=300
 
-wait_for() {
-  for _ in $(seq 1 4800); do "$@" && return 0; sleep 0.05; done
-  return 1
-}
-port_of() { sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$1" 2>/dev/null || true; }
-up_or_gone() { [ -n "$(port_of "$1")" ] || ! kill -0 "$2" 2>/dev/null; }
-child_of() { ps -o pid= --ppid "$1" | tr -d ' '; }
 training_or_gone() { grep -q "site 2: round 1: training" "$1" 2>/dev/null || ! kill -0 "$2" 2>/dev/null; }
-round1_closed() { grep -q '"round": 1' "$1" 2>/dev/null; }
-
-start_server() {
-  local name=$1; shift
-  timeout $T "$FEDMM" server "${base[@]}" "$@" --listen 127.0.0.1:0 --out "$WORK/$name-srv" \
-    >"$WORK/$name-srv.out" 2>"$WORK/$name-srv.err" &
-  spid=$!
-  wait_for up_or_gone "$WORK/$name-srv.out" $spid || true
-  port=$(port_of "$WORK/$name-srv.out")
-  [ -n "$port" ] && pass "$name: server listening on 127.0.0.1:$port" \
-    || { cat "$WORK/$name-srv.err"; fail "$name: server did not start"; finish; }
-}
-start_client() {
-  local name=$1 k=$2; shift 2
-  timeout $T "$FEDMM" client "${base[@]}" "$@" --site $k --server 127.0.0.1:$port \
-    >"$WORK/$name-c$k.out" 2>"$WORK/$name-c$k.err" &
-  cpid=$!
-}
+# wait_all NAME: every process exits 0 (pids, spid), and the server logged 3 rounds of 2 sites
 wait_all() {
-  local name=$1 k rc; shift
-  local pids=("$@")
-  for k in "${!pids[@]}"; do
-    rc=0; wait ${pids[$k]} || rc=$?
-    [ $rc -eq 0 ] && pass "$name: client $k exited 0" || { tail -5 "$WORK/$name-c$k.err"; fail "$name: client $k exited $rc"; }
-  done
-  rc=0; wait $spid || rc=$?
-  [ $rc -eq 0 ] && pass "$name: server exited 0" || { tail -5 "$WORK/$name-srv.err"; fail "$name: server exited $rc"; }
-  [ "$(grep -c '"sites": 2' "$WORK/$name-srv/metrics.jsonl" 2>/dev/null || true)" = 3 ] \
-    && pass "$name: metrics: 3 rounds of 2 sites" || fail "$name: metrics: not 3 rounds of 2 sites"
+  wait_sites "$1"
+  [ "$(grep -c '"sites": 2' "$WORK/$1-srv/metrics.jsonl" 2>/dev/null || true)" = 3 ] \
+    && pass "$1: metrics: 3 rounds of 2 sites" || fail "$1: metrics: not 3 rounds of 2 sites"
 }
 
 "$FEDMM" sim "${base[@]}" --out "$WORK/sim" >"$WORK/sim.log" 2>&1 || { cat "$WORK/sim.log"; fail "sim failed"; }
@@ -63,16 +32,16 @@ cmp -s "$WORK/sim/adapters.safetensors" "$WORK/sim0/adapters.safetensors" \
 
 # 1. sites 0 and 1 only
 start_server pair
-pids=()
+pids=() ks=()
 for k in 0 1; do start_client pair $k; pids+=($cpid); done
-wait_all pair "${pids[@]}"
+wait_all pair
 cmp -s "$WORK/sim/adapters.safetensors" "$WORK/pair-srv/adapters.safetensors" \
   && pass "pair: global model bit-identical to fedmm sim with fl.over_select" \
   || fail "pair: global model differs from fedmm sim's"
 
 # 2. site 2 late in round 1
 start_server late --set log_level=info
-pids=()
+pids=() ks=()
 for k in 0 1; do start_client late $k; pids+=($cpid); done
 start_client late 2 --set log_level=info
 pids+=($cpid)
@@ -85,7 +54,7 @@ if [ -n "$child" ] && kill -STOP "$child"; then
 else
   cat "$WORK/late-c2.err"; fail "late: site 2 could not be held"
 fi
-wait_all late "${pids[@]}"
+wait_all late
 grep -q "site 2: round 1 refused: .*stale round 1" "$WORK/late-c2.err" \
   && pass "late: site 2's round-1 push refused as stale; it carried on" \
   || { cat "$WORK/late-c2.err"; fail "late: no stale refusal for site 2"; }

@@ -2,7 +2,8 @@
 # fedmm server + 4 fedmm client processes on 127.0.0.1 run 3 FedAvg rounds and end with the same global model
 # as `fedmm sim` with the same config and seed, bit for bit; a client with a wrong token is refused while the
 # others carry on; everyone exits 0. Then the same with FedProx under cross-modality (sites train different
-# blocks). Every process runs under `timeout`.
+# blocks), and with SCAFFOLD (the server's c travels with the global vector, each site's Δc_i with its update; each
+# site keeps c_i in its --out). Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
 if ! "$FEDMM" server --help >/dev/null 2>&1; then
   echo "SKIP: this fedmm has no gRPC control plane"; exit 77
@@ -41,7 +42,7 @@ federate() {
   fi
   local pids=() k
   for k in 0 1 2 3; do
-    timeout $T "$FEDMM" client "${common[@]}" --site $k --server 127.0.0.1:$port \
+    timeout $T "$FEDMM" client "${common[@]}" --site $k --server 127.0.0.1:$port --out "$WORK/$name-c$k" \
       >"$WORK/$name-c$k.out" 2>"$WORK/$name-c$k.err" &
     pids+=($!)
   done
@@ -71,4 +72,19 @@ timeout 60 "$FEDMM" client "${base[@]}" --site 7 --server 127.0.0.1:1 >/dev/null
 [ $rc -eq 2 ] && pass "site 7 of 4 refused (exit 2)" || fail "site 7 of 4: exit $rc"
 
 federate cross-fedprox --set fl.scenario=cross-3 --set fl.strategy=fedprox
+
+federate scaffold --set fl.strategy=scaffold
+cmp -s "$WORK/fedavg-sim/adapters.safetensors" "$WORK/scaffold-sim/adapters.safetensors" \
+  && fail "scaffold: the same model as FedAvg" || pass "scaffold: a model other than FedAvg's"
+n=0
+for k in 0 1 2 3; do [ -s "$WORK/scaffold-c$k/site-$k-scaffold.safetensors" ] && n=$((n + 1)); done
+[ $n = 4 ] && pass "scaffold: every site kept its control variate in its --out" \
+  || fail "scaffold: $n of 4 sites have a control variate file"
+[ ! -e "$WORK/fedavg-c0" ] && pass "fedavg: a site writes nothing" || fail "fedavg: site 0 wrote into its --out"
+# the local-only baseline has no server
+rc=0
+timeout 60 "$FEDMM" server "${base[@]}" --set fl.strategy=local --listen 127.0.0.1:0 --out "$WORK/local" \
+  >/dev/null 2>"$WORK/local.err" || rc=$?
+[ $rc -eq 2 ] && grep -q "has no server: run it with fedmm sim" "$WORK/local.err" \
+  && pass "fl.strategy local refused by the server (exit 2)" || { cat "$WORK/local.err"; fail "local: exit $rc"; }
 finish

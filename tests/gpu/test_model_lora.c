@@ -1,9 +1,11 @@
 /* The model's GPU building blocks against float64 references computed here: the cuBLASLt GEMM of
  * kernels/gemm.cu (ops N, A, W; alpha, beta, bias, bf16 operands, bf16 output, K = 0) and the LoRA-adapted
  * projection of kernels/lora.cu (the low-rank path accumulated into the base output; backward's dx, dW, db, dA,
- * dB) in fp32 and bf16, on fresh random inputs of odd shapes. Outputs that are written start as NaN (every
- * element must be written: y, t, dt, dy_lp, dx_lora); gradients start random (backward must accumulate). The
- * argument checks run without a device; the rest needs a GPU and reports itself skipped (77) without one.
+ * dB, db by the dW GEMM's bias-gradient epilogue, dy handed over already rounded) in fp32 and bf16, and the
+ * weight-gradient GEMM with its bias gradient (fm_cuda_gemm_dbias), on fresh random inputs of odd shapes. Outputs that
+ * are written start as NaN (every element must be written: y, t, dt, dy_lp, dx_lora); gradients start random (backward
+ * must accumulate). The argument checks run without a device; the rest needs a GPU and reports itself skipped (77)
+ * without one.
  *
  * Tolerances, per element, with abs_i = Σ|terms| of the element's sum in float64 and K the sum's length:
  *   fp32: |gpu − ref| ≤ 1e-5·|ref| + 4·K·2⁻²⁴·abs_i   (a float32 sum in any order errs by ≤ K·u·Σ|terms|);
@@ -229,6 +231,15 @@ static void test_argument_checks(void **state)
                 "dy_lp");
     EXPECT_FAIL(fm_cuda_lora_backward(&a, &x, NULL, &x, NULL, NULL, NULL, NULL, NULL, &x, NULL, NULL, NULL),
                 FM_ERR_INVALID_ARG, "NULL x");
+    /* dy already rounded (dy NULL): db needs dW to ride on; fp32 has no rounded copy to read */
+    EXPECT_FAIL(fm_cuda_lora_backward(&a, &x, NULL, NULL, &x, NULL, NULL, NULL, &x, NULL, &x, NULL, NULL),
+                FM_ERR_INVALID_ARG, "db without dW");
+    a.in = FM_GEMM_F32;
+    EXPECT_FAIL(fm_cuda_lora_backward(&a, &x, NULL, &x, &x, NULL, NULL, NULL, NULL, NULL, &x, NULL, NULL),
+                FM_ERR_INVALID_ARG, "NULL dy");
+    EXPECT_FAIL(fm_cuda_gemm_dbias(3, 2, 2, &x, &x, FM_GEMM_F32, 1.0f, &x, NULL), FM_ERR_INVALID_ARG, "NULL dbias");
+    EXPECT_FAIL(fm_cuda_gemm_dbias(-3, 2, 2, &x, &x, FM_GEMM_F32, 1.0f, &x, &x), FM_ERR_INVALID_ARG, "negative size");
+    FM_CHECK_OK(fm_cuda_gemm_dbias(0, 2, 2, NULL, NULL, FM_GEMM_BF16, 1.0f, NULL, NULL));
     EXPECT_FAIL(fm_cuda_vision_embed_forward(&x, &x, NULL, &x, 1, 2, 3), FM_ERR_INVALID_ARG, "NULL");
     EXPECT_FAIL(fm_cuda_pool_rows_forward(&x, &x, NULL, 1, 0, 3), FM_ERR_INVALID_ARG, "bad sizes");
     EXPECT_FAIL(fm_cuda_f32_to_bf16(NULL, &x, 3), FM_ERR_INVALID_ARG, "NULL dst");
@@ -277,6 +288,45 @@ static void gemm_case(fm_rng *rng, char op, int M, int N, int K, float alpha, fl
     free(Yd);
 }
 
+/* fm_cuda_gemm_dbias: D (M, N) = Xᵀ·Y + beta·D and dbias (M) += Σ_k X[k, ·] (X as read: bf16-rounded under bf16);
+ * D starts random (beta ≠ 0) or NaN, dbias random (it accumulates). */
+static void gemm_dbias_case(fm_rng *rng, int M, int N, int K, float beta, fm_gemm_type in)
+{
+    char what[96];
+    const int bf16 = in == FM_GEMM_BF16;
+    size_t nx = (size_t)K * M, ny = (size_t)K * N, nd = (size_t)M * N;
+    float *X = host_random(rng, nx, bf16), *Y = host_random(rng, ny, bf16), *D0 = host_random(rng, nd, 0);
+    float *b0 = host_random(rng, (size_t)M, 0);
+    ref r = ref_new(nd), rb = ref_from(b0, (size_t)M);
+    for (size_t i = 0; i < nd; i++)
+        r.v[i] = beta != 0.0f ? (double)beta * D0[i] : 0.0, r.abs[i] = fabs(r.v[i]);
+    double *Xd = to_d(X, nx), *Yd = to_d(Y, ny);
+    ref_gemm(&r, 'W', M, N, K, 1.0, Xd, Yd);
+    for (int k = 0; k < K; k++)
+        for (int i = 0; i < M; i++)
+            rb.v[i] += Xd[(size_t)k * M + i], rb.abs[i] += fabs(Xd[(size_t)k * M + i]);
+    rb.terms = K;
+    void *dX = upload(X, nx, in), *dY = upload(Y, ny, in), *db = upload(b0, (size_t)M, FM_GEMM_F32);
+    void *dD = beta != 0.0f ? upload(D0, nd, FM_GEMM_F32) : poisoned(nd, FM_GEMM_F32);
+    FM_CHECK_OK(fm_cuda_gemm_dbias(M, N, K, dX, dY, in, beta, dD, db));
+    snprintf(what, sizeof what, "gemm_dbias D %dx%dx%d %s%s", M, N, K, bf16 ? "bf16" : "fp32",
+             beta != 0 ? " beta" : "");
+    float *got = download(dD, nd, FM_GEMM_F32);
+    expect_ref(what, got, &r, bf16);
+    free(got);
+    /* the column sums add the same (rounded) values on both sides: fp32 bounds */
+    snprintf(what, sizeof what, "gemm_dbias dbias %dx%dx%d %s", M, N, K, bf16 ? "bf16" : "fp32");
+    got = download(db, (size_t)M, FM_GEMM_F32);
+    expect_ref(what, got, &rb, 0);
+    free(got);
+    void *bufs[] = {dX, dY, db, dD};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        fm_cuda_free(bufs[i]);
+    ref_free(&r);
+    ref_free(&rb);
+    free(X), free(Y), free(D0), free(b0), free(Xd), free(Yd);
+}
+
 static void test_gemm(void **state)
 {
     (void)state;
@@ -292,6 +342,12 @@ static void test_gemm(void **state)
     gemm_case(&rng, 'W', 48, 64, 40, 1.0f, 1.0f, FM_GEMM_BF16, FM_GEMM_F32, 0);
     gemm_case(&rng, 'N', 7, 9, 0, 1.0f, 0.5f, FM_GEMM_F32, FM_GEMM_F32, 1); /* K = 0: beta·D + bias */
     gemm_case(&rng, 'A', 7, 9, 0, 1.0f, 0.0f, FM_GEMM_F32, FM_GEMM_F32, 0);
+    gemm_dbias_case(&rng, 29, 45, 37, 1.0f, FM_GEMM_F32);
+    gemm_dbias_case(&rng, 33, 17, 3001, 0.0f, FM_GEMM_F32);
+    gemm_dbias_case(&rng, 48, 64, 40, 1.0f, FM_GEMM_BF16);
+    gemm_dbias_case(&rng, 96, 32, 200, 0.0f, FM_GEMM_BF16);
+    gemm_dbias_case(&rng, 7, 0, 5, 1.0f, FM_GEMM_F32); /* no GEMM: the column sum alone */
+    gemm_dbias_case(&rng, 7, 9, 0, 0.5f, FM_GEMM_F32); /* no rows: D = beta·D, dbias unchanged */
 }
 
 /* ---- the LoRA-adapted projection ------------------------------------------------------------------------------ */
@@ -301,6 +357,7 @@ typedef struct lcase {
     int N, C, OC, r;
     float scaling;
     int bf16, bias, base_trains, adapter, dx_lora;
+    int dy_ready; /* bf16: dy handed over already rounded in dy_lp (dy NULL) */
 } lcase;
 
 static void lora_case(const lcase *c)
@@ -367,9 +424,13 @@ static void lora_case(const lcase *c)
     ref dA = ref_from(dA0, na), dB = ref_from(dB0, nb), dt = ref_new(nt), dxl = ref_new(nx);
     ref_gemm(&dx, 'A', N, C, OC, 1.0, g, Wd);
     ref_gemm(&dW, 'W', OC, C, N, 1.0, g, xd);
+    /* db: from fp32 dy by a column sum, or with dW by the dW GEMM's epilogue from the operand it reads (bf16 g) */
+    const double *dbsrc = c->bf16 && c->base_trains ? g : NULL;
     for (int n = 0; n < N; n++)
-        for (int o = 0; o < OC; o++)
-            db.v[o] += dy[(size_t)n * OC + o], db.abs[o] += fabs((double)dy[(size_t)n * OC + o]);
+        for (int o = 0; o < OC; o++) {
+            const double v = dbsrc ? dbsrc[(size_t)n * OC + o] : (double)dy[(size_t)n * OC + o];
+            db.v[o] += v, db.abs[o] += fabs(v);
+        }
     db.terms = N;
     if (c->adapter) {
         ref_gemm(&dB, 'W', OC, r, N, c->scaling, g, tu);
@@ -394,11 +455,12 @@ static void lora_case(const lcase *c)
     void *d_dy = upload(dy, ny, FM_GEMM_F32), *d_dx = upload(dx0, nx, FM_GEMM_F32);
     void *d_dW = upload(dW0, nw, FM_GEMM_F32), *d_db = upload(db0, (size_t)OC, FM_GEMM_F32);
     void *d_dA = upload(dA0, na, FM_GEMM_F32), *d_dB = upload(dB0, nb, FM_GEMM_F32);
-    void *d_dt = poisoned(nt, in), *d_dylp = c->bf16 ? poisoned(ny, FM_GEMM_BF16) : NULL;
+    void *d_dt = poisoned(nt, in);
+    void *d_dylp = !c->bf16 ? NULL : c->dy_ready ? upload(dy, ny, FM_GEMM_BF16) : poisoned(ny, FM_GEMM_BF16);
     void *d_dxl = c->dx_lora ? poisoned(nx, FM_GEMM_F32) : NULL;
     FM_CHECK_OK(fm_cuda_lora_backward(&a, d_dx, d_dxl, c->base_trains ? d_dW : NULL, c->bias ? d_db : NULL,
                                       c->adapter ? d_dA : NULL, c->adapter ? d_dB : NULL, c->adapter ? d_dt : NULL,
-                                      d_dylp, d_dy, d_x, NULL, c->adapter ? d_t : NULL));
+                                      d_dylp, c->dy_ready ? NULL : d_dy, d_x, NULL, c->adapter ? d_t : NULL));
     got = download(d_dx, nx, FM_GEMM_F32);
     expect_ref("backward dx", got, &dx, c->bf16);
     free(got);
@@ -409,7 +471,7 @@ static void lora_case(const lcase *c)
     }
     if (c->bias) {
         got = download(d_db, (size_t)OC, FM_GEMM_F32);
-        ref dbf = db; /* db sums fp32 dy on both sides: fp32 tolerance even under bf16 */
+        ref dbf = db; /* db sums the same values on both sides (fp32 dy, or bf16 g): fp32 tolerance */
         expect_ref("backward db", got, &dbf, 0);
         free(got);
     }
@@ -457,12 +519,15 @@ static void test_lora(void **state)
 {
     (void)state;
     static const lcase cases[] = {
-        {"fp32, odd shapes, bias, base frozen", 37, 45, 29, 5, 5.0f / 3.0f, 0, 1, 0, 1, 0},
-        {"fp32, base trains too (full fine-tuning with adapters)", 23, 16, 48, 3, 2.0f, 0, 1, 1, 1, 0},
-        {"fp32, LoRA dropout form: dt·A into dx_lora", 19, 24, 33, 4, 1.0f, 0, 0, 0, 1, 1},
-        {"fp32, no adapter (merged / not adapted)", 31, 20, 27, 0, 1.0f, 0, 1, 1, 0, 0},
-        {"bf16, bias, base frozen", 40, 64, 48, 8, 2.0f, 1, 1, 0, 1, 0},
-        {"bf16, base trains too, no bias", 56, 32, 96, 8, 1.0f, 1, 0, 1, 1, 0},
+        {"fp32, odd shapes, bias, base frozen", 37, 45, 29, 5, 5.0f / 3.0f, 0, 1, 0, 1, 0, 0},
+        {"fp32, base trains too, with bias (db by the dW GEMM's epilogue)", 23, 16, 48, 3, 2.0f, 0, 1, 1, 1, 0, 0},
+        {"fp32, LoRA dropout form: dt·A into dx_lora", 19, 24, 33, 4, 1.0f, 0, 0, 0, 1, 1, 0},
+        {"fp32, no adapter (merged / not adapted)", 31, 20, 27, 0, 1.0f, 0, 1, 1, 0, 0, 0},
+        {"bf16, bias, base frozen", 40, 64, 48, 8, 2.0f, 1, 1, 0, 1, 0, 0},
+        {"bf16, base trains too, no bias", 56, 32, 96, 8, 1.0f, 1, 0, 1, 1, 0, 0},
+        {"bf16, base trains with bias: db by the dW GEMM's epilogue", 40, 64, 48, 8, 2.0f, 1, 1, 1, 1, 0, 0},
+        {"bf16, dy handed over rounded (dy NULL), base trains with bias", 24, 48, 40, 4, 1.0f, 1, 1, 1, 1, 0, 1},
+        {"bf16, dy handed over rounded, base frozen, no bias", 33, 32, 64, 8, 2.0f, 1, 0, 0, 1, 0, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         lora_case(&cases[i]);

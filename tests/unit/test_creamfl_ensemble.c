@@ -1,7 +1,8 @@
 /* CreamFL's streaming, tiled ensemble against a naive float64 implementation that forms the whole |P|×|P|
  * logit matrix per site: scores, softmax weights and fused representations, for both modalities (images
  * scored against the global texts, texts against the global images), several sites, odd sizes and odd tiles;
- * the plain-mean ablation; the fusion step on its own (fm_creamfl_fuse); bf16 rounding; the refusals. */
+ * the plain-mean ablation; the fusion step on its own (fm_creamfl_fuse); bf16 rounding; the refusals; the by-device
+ * entry points on the CPU (fm_creamfl_ensemble_dev / _staged: the same bits; the GPU is tests/gpu's). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "testutil.h"
 
 #include "fedmm/creamfl.h"
+#include "fedmm/device.h"
 #include "fedmm/status.h"
 
 /* Random rows of norm `norm` (CreamFL's representations are L2-normalised; larger norms stress the online
@@ -241,6 +243,58 @@ static void test_refusals(void **state)
     assert_int_equal(fm_creamfl_fuse(reps, 1, 3, 2, s, agg), FM_OK);
 }
 
+/* The by-device entry points on the CPU are fm_creamfl_ensemble itself, bit for bit; bf16 tiles are refused there;
+ * CUDA without a GPU (or without the backend) is refused with the reason. The GPU itself: tests/gpu. */
+static void test_by_device_on_cpu(void **state)
+{
+    (void)state;
+    fm_rng rng = fm_rng_make(fm_test_seed(), 9);
+    const size_t n = 31, d = 9;
+    const int K = 3;
+    float *g = rand_rows(&rng, n, d, 1.0f);
+    const float *reps[3];
+    for (int k = 0; k < K; k++)
+        reps[k] = rand_rows(&rng, n, d, 1.0f);
+    const fm_creamfl_tiles t = {4, 7};
+    float *agg = fm_test_alloc(n * d * sizeof(float)), *w = fm_test_alloc((size_t)K * n * sizeof(float));
+    float *agg2 = fm_test_alloc(n * d * sizeof(float)), *w2 = fm_test_alloc((size_t)K * n * sizeof(float));
+    for (int plain = 0; plain <= 1; plain++) {
+        assert_int_equal(fm_creamfl_ensemble(reps, K, g, n, d, t, plain, agg, w), FM_OK);
+        memset(agg2, 0xff, n * d * sizeof(float));
+        memset(w2, 0xff, (size_t)K * n * sizeof(float));
+        assert_int_equal(fm_creamfl_ensemble_dev(FM_DEVICE_CPU, FM_CREAMFL_FP32, reps, K, g, n, d, t, plain, agg2, w2),
+                         FM_OK);
+        assert_memory_equal(agg2, agg, n * d * sizeof(float));
+        assert_memory_equal(w2, w, (size_t)K * n * sizeof(float));
+        memset(agg2, 0xff, n * d * sizeof(float));
+        assert_int_equal(
+            fm_creamfl_ensemble_staged(FM_DEVICE_CPU, FM_CREAMFL_FP32, reps, K, g, n, d, t, plain, agg2, NULL), FM_OK);
+        assert_memory_equal(agg2, agg, n * d * sizeof(float));
+    }
+    assert_int_equal(fm_creamfl_ensemble_dev(FM_DEVICE_CPU, FM_CREAMFL_BF16, reps, K, g, n, d, t, 0, agg2, w2),
+                     FM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(fm_last_error(), "CUDA only"));
+    assert_int_equal(
+        fm_creamfl_ensemble_staged(FM_DEVICE_CPU, (fm_creamfl_precision)3, reps, K, g, n, d, t, 0, agg2, w2),
+        FM_ERR_INVALID_ARG);
+    /* the same refusals as the CPU for bad input, whatever the device */
+    assert_int_equal(fm_creamfl_ensemble_staged(FM_DEVICE_CUDA, FM_CREAMFL_FP32, reps, 0, g, n, d, t, 0, agg2, w2),
+                     FM_ERR_INVALID_ARG);
+    char why[256];
+    if (!fm_build_has_cuda() || fm_cuda_device_count(why, sizeof why) == 0) {
+        assert_int_equal(fm_creamfl_ensemble_staged(FM_DEVICE_CUDA, FM_CREAMFL_FP32, reps, K, g, n, d, t, 0, agg2, w2),
+                         FM_ERR_DEVICE);
+        assert_non_null(strstr(fm_last_error(), fm_build_has_cuda() ? "no usable GPU" : "without the CUDA backend"));
+    }
+    for (int k = 0; k < K; k++)
+        free((void *)reps[k]);
+    free(g);
+    free(agg);
+    free(w);
+    free(agg2);
+    free(w2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +304,7 @@ int main(void)
         cmocka_unit_test(test_plain_mean),
         cmocka_unit_test(test_round_bf16),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_by_device_on_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

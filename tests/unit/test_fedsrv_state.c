@@ -19,10 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fedmm/site_train.h"
-#include "net/fedsrv.h"
-#include "net/net.h"
-#include "net/wire.h"
+#include "fedsrv_fixture.h"
 
 #define NB 4
 #define N_SITES 6
@@ -32,45 +29,18 @@
 
 static const size_t kSizes[NB] = {5, 40, 3, 17};
 
-typedef struct fixture {
-    fm_strategy_block b[NB];
-    size_t P;
-    int64_t samples[N_SITES];
-    uint8_t trained[N_SITES * NB];
-    char tokens[N_SITES][65];
-    const char *token_ptrs[N_SITES];
-    float *init;
-    float *deltas[ROUNDS + 1][N_SITES]; /* site k's update of round r */
-    char dir[256];
-    fm_strategy *strategy;
-    fm_fedsrv *srv;
-} fixture;
-
+/* The federation (site 1 lacks block "b"), one update per site and round, and a fresh state directory; the
+ * server is started by server_start. */
 static void fixture_init(fixture *f)
 {
-    memset(f, 0, sizeof *f);
-    static const char *names[NB] = {"a", "b", "c", "d"};
-    for (size_t i = 0; i < NB; i++) {
-        f->b[i] = (fm_strategy_block){.name = names[i], .offset = f->P, .numel = kSizes[i], .layer = -1, .n_layers = 1};
-        f->P += kSizes[i];
-    }
-    fm_rng rng = fm_rng_make(fm_test_seed(), 31);
-    f->init = fm_test_alloc(f->P * sizeof(float));
-    fm_test_fill(&rng, f->init, f->P, -1.0f, 1.0f);
-    for (int k = 0; k < N_SITES; k++) {
-        f->samples[k] = 10 + (int64_t)(fm_rng_u64(&rng) % 90);
-        for (size_t i = 0; i < NB; i++)
-            f->trained[k * NB + i] = (uint8_t)(k == 1 && i == 1 ? 0 : 1); /* site 1 skips block "b" */
-        assert_int_equal(fm_net_site_token("a-test-secret-of-some-length", k, f->tokens[k]), FM_OK);
-        f->token_ptrs[k] = f->tokens[k];
-        for (int r = 1; r <= ROUNDS; r++) {
-            f->deltas[r][k] = fm_test_alloc(f->P * sizeof(float));
-            fm_test_fill(&rng, f->deltas[r][k], f->P, -0.5f, 0.5f);
-            for (size_t i = 0; i < NB; i++) /* what the server stages: zeros outside the trained blocks */
-                if (!f->trained[k * NB + i])
-                    memset(f->deltas[r][k] + f->b[i].offset, 0, f->b[i].numel * sizeof(float));
-        }
-    }
+    const fx_spec spec = {.sizes = kSizes,
+                          .n_blocks = NB,
+                          .n_sites = N_SITES,
+                          .skip_site = 1,
+                          .skip_block = 1,
+                          .stream = 31,
+                          .rounds = ROUNDS};
+    fx_init(f, &spec);
     const char *tmp = getenv("TMPDIR");
     snprintf(f->dir, sizeof f->dir, "%s/fedsrv-state.XXXXXX", tmp && *tmp ? tmp : "/tmp");
     assert_non_null(mkdtemp(f->dir));
@@ -97,22 +67,13 @@ static void rm_tree(const char *dir)
     rmdir(dir);
 }
 
-static void server_stop(fixture *f)
-{
-    fm_fedsrv_destroy(f->srv);
-    fm_strategy_destroy(f->strategy);
-    f->srv = NULL;
-    f->strategy = NULL;
-}
+static void server_stop(fixture *f) { fx_stop(f); }
 
 static void fixture_free(fixture *f)
 {
-    server_stop(f);
+    fx_stop(f);
     rm_tree(f->dir);
-    free(f->init);
-    for (int r = 1; r <= ROUNDS; r++)
-        for (int k = 0; k < N_SITES; k++)
-            free(f->deltas[r][k]);
+    fx_free(f);
 }
 
 /* What the gRPC layer does: fills in the run's byte counts, here 1000·round up and 10·round down. */
@@ -136,54 +97,31 @@ typedef struct server_opts {
 
 static fm_status server_start(fixture *f, const server_opts *o)
 {
-    fm_strategy_config sc = fm_strategy_default_config(o->kind);
-    assert_int_equal(fm_strategy_create(&f->strategy, &sc, f->P, f->b, NB, o->init ? o->init : f->init), FM_OK);
-    fm_fedsrv_config fc = {.run_id = o->resume ? "fresh-id" : "run-abc",
-                           .rounds = ROUNDS,
-                           .num_sites = N_SITES,
-                           .sites_per_round = PER_ROUND,
-                           .seed = o->seed ? o->seed : SEED,
-                           .local_steps = 2,
-                           .model_family = "clip-tiny",
-                           .n_params = f->P,
-                           .blocks = f->b,
-                           .n_blocks = NB,
-                           .site_samples = f->samples,
-                           .site_trained = f->trained,
-                           .tokens = f->token_ptrs,
-                           .strategy = f->strategy,
-                           .on_round = count_bytes,
-                           .sites_tasked = o->tasked,
-                           .state_dir = o->no_state ? NULL : f->dir,
-                           .park_budget_bytes = o->budget,
-                           .resume = o->resume};
-    fm_status st = fm_fedsrv_create(&f->srv, &fc);
-    if (st != FM_OK) {
-        fm_strategy_destroy(f->strategy);
-        f->strategy = NULL;
-    }
-    return st;
+    fm_fedsrv_config fc = fx_config(f);
+    fc.run_id = o->resume ? "fresh-id" : "run-abc";
+    fc.rounds = ROUNDS;
+    fc.sites_per_round = PER_ROUND;
+    fc.seed = o->seed ? o->seed : SEED;
+    fc.local_steps = 2;
+    fc.on_round = count_bytes;
+    fc.sites_tasked = o->tasked;
+    fc.state_dir = o->no_state ? NULL : f->dir;
+    fc.park_budget_bytes = o->budget;
+    fc.resume = o->resume;
+    return fx_start(f, o->kind, o->init, fc);
 }
 
 static int push(fixture *f, int k, int round)
 {
     fm_wire_push_header h;
-    memset(&h, 0, sizeof h);
-    snprintf(h.run_id, sizeof h.run_id, "%s", fm_fedsrv_run_id(f->srv));
-    h.round = round;
-    h.site = k;
-    h.n_samples = f->samples[k];
-    h.loss = 0.25 * k + round;
-    h.n_params = f->P;
-    h.n_blocks = NB;
-    memcpy(h.trained, f->trained + (size_t)k * NB, NB);
+    fx_header(f, fm_fedsrv_run_id(f->srv), k, round, 0.25 * k + round, &h);
     fm_fedsrv_push *p = NULL;
     int code = fm_fedsrv_push_begin(f->srv, f->tokens[k], &h, &p);
     if (code)
         return code;
     fm_tensor_tx tx;
     fm_wire_chunk ch;
-    fm_tensor_tx_init(&tx, f->deltas[round][k], f->b, NB, h.trained, 16, h.run_id, round, k);
+    fm_tensor_tx_init(&tx, f->round_delta[round][k], f->b, NB, h.trained, 16, h.run_id, round, k);
     while (code == 0 && fm_tensor_tx_next(&tx, &ch))
         code = fm_fedsrv_push_chunk(f->srv, p, &ch);
     fm_wire_reply reply;
@@ -200,7 +138,7 @@ static void ref_round(fixture *f, fm_strategy *ref, int round, const int *sites,
     for (int i = 0; i < n; i++) {
         const int k = sites[i];
         fm_site_update u = {.n_params = f->P,
-                            .delta = f->deltas[round][k],
+                            .delta = f->round_delta[round][k],
                             .weight = (double)f->samples[k],
                             .n_blocks = NB,
                             .trained = f->trained + (size_t)k * NB};
@@ -502,6 +440,172 @@ static void test_over_selection(void **state)
     fixture_free(&f);
 }
 
+/* ---- SCAFFOLD: control variates through the state machine -------------------------------------------------- */
+
+/* The Δc_i site k sends with its update of `round`: −¼ of that update (zero outside its trained blocks). */
+static float *control_delta(const fixture *f, int k, int round)
+{
+    float *dc = fm_test_alloc(f->P * sizeof(float));
+    for (size_t j = 0; j < f->P; j++)
+        dc[j] = -0.25f * f->round_delta[round][k][j];
+    return dc;
+}
+
+enum { CV_NONE, CV_AFTER, CV_FIRST }; /* no Δc_i chunks; after the delta's (the protocol); one before them */
+
+/* A push of site k's update of `round` with Δc_i (dc) sent as `how` says. */
+static int push_cv(fixture *f, int k, int round, const float *dc, int how)
+{
+    fm_wire_push_header h;
+    fx_header(f, fm_fedsrv_run_id(f->srv), k, round, 0.25 * k + round, &h);
+    fm_fedsrv_push *p = NULL;
+    int code = fm_fedsrv_push_begin(f->srv, f->tokens[k], &h, &p);
+    if (code)
+        return code;
+    fm_tensor_tx tx, tx_c;
+    fm_wire_chunk ch;
+    fm_tensor_tx_init(&tx, f->round_delta[round][k], f->b, NB, h.trained, 16, h.run_id, round, k);
+    fm_tensor_tx_init(&tx_c, dc, f->b, NB, h.trained, 16, h.run_id, round, k);
+    tx_c.kind = FM_PAYLOAD_CONTROL_VARIATE;
+    if (how == CV_FIRST && fm_tensor_tx_next(&tx_c, &ch))
+        code = fm_fedsrv_push_chunk(f->srv, p, &ch);
+    while (code == 0 && fm_tensor_tx_next(&tx, &ch))
+        code = fm_fedsrv_push_chunk(f->srv, p, &ch);
+    while (code == 0 && how != CV_NONE && fm_tensor_tx_next(&tx_c, &ch))
+        code = fm_fedsrv_push_chunk(f->srv, p, &ch);
+    fm_wire_reply reply;
+    if (code == 0)
+        code = fm_fedsrv_push_end(f->srv, p, &reply);
+    fm_fedsrv_push_free(p);
+    return code;
+}
+
+/* The reference round with Δc_i: the given sites in ascending order. */
+static void ref_round_cv(fixture *f, fm_strategy *ref, int round, const int *sites, int n)
+{
+    assert_int_equal(fm_strategy_begin_round(ref, round), FM_OK);
+    for (int i = 0; i < n; i++) {
+        const int k = sites[i];
+        float *dc = control_delta(f, k, round);
+        fm_site_update u = {.n_params = f->P,
+                            .delta = f->round_delta[round][k],
+                            .weight = (double)f->samples[k],
+                            .n_blocks = NB,
+                            .trained = f->trained + (size_t)k * NB,
+                            .control_delta = dc};
+        assert_int_equal(fm_strategy_add_update(ref, &u), FM_OK);
+        free(dc);
+    }
+    assert_int_equal(fm_strategy_finish_round(ref, NULL), FM_OK);
+}
+
+/* Site k's Task now: its last aggregated round. */
+static int64_t aggregated_round(fixture *f, int k)
+{
+    fm_wire_ref hb = {.round = fm_fedsrv_round(f->srv), .site = k};
+    snprintf(hb.run_id, sizeof hb.run_id, "%s", fm_fedsrv_run_id(f->srv));
+    fm_wire_task task;
+    assert_int_equal(fm_fedsrv_heartbeat(f->srv, f->tokens[k], &hb, &task), FM_NET_OK);
+    return task.aggregated_round;
+}
+
+/* SCAFFOLD on the server: every push carries Δc_i after its delta (one without it, or with it first, is refused
+ * and leaves the round as it was); updates arrive in descending site order and, with a budget of 0, each parked
+ * one is spilled with its Δc_i (2P floats) and read back; the global vector and c equal the in-order reference,
+ * bit for bit; Pull's control variate is the strategy's c; Task.aggregated_round says which round took each
+ * site's update. The server is killed in round 2 and resumed: c and the aggregated rounds come back from the state,
+ * and the run ends at the reference. */
+static void test_scaffold_control_variates(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f);
+    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_SCAFFOLD);
+    fm_strategy *ref = NULL;
+    assert_int_equal(fm_strategy_create(&ref, &sc, f.P, f.b, NB, f.init), FM_OK);
+    server_opts o = {.kind = FM_STRATEGY_SCAFFOLD, .budget = 0};
+    assert_int_equal(server_start(&f, &o), FM_OK);
+    int chosen[PER_ROUND];
+    assert_int_equal(fm_round_sites(SEED, 1, N_SITES, PER_ROUND, chosen), FM_OK);
+    for (int i = PER_ROUND - 1; i >= 0; i--) {
+        float *dc = control_delta(&f, chosen[i], 1);
+        if (i == PER_ROUND - 1) { /* refused: no Δc_i, Δc_i first */
+            assert_int_equal(push_cv(&f, chosen[i], 1, dc, CV_NONE), FM_NET_INVALID_ARGUMENT);
+            assert_non_null(strstr(fm_last_error(), "control variate"));
+            assert_int_equal(push_cv(&f, chosen[i], 1, dc, CV_FIRST), FM_NET_INVALID_ARGUMENT);
+            assert_non_null(strstr(fm_last_error(), "before its whole delta"));
+        }
+        assert_int_equal(push_cv(&f, chosen[i], 1, dc, CV_AFTER), FM_NET_OK);
+        free(dc);
+        if (i == 1) { /* two parked, one of them spilled with its Δc_i */
+            int in_ram = 0, spilled = 0;
+            fm_fedsrv_parked(f.srv, &in_ram, &spilled);
+            assert_int_equal(in_ram + spilled, 2);
+            assert_true(spilled >= 1);
+            assert_int_equal(aggregated_round(&f, chosen[i]), 0); /* pushed, not yet aggregated */
+        }
+    }
+    ref_round_cv(&f, ref, 1, chosen, PER_ROUND);
+    assert_int_equal(fm_fedsrv_round(f.srv), 2);
+    assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
+    assert_memory_equal(fm_fedsrv_control(f.srv), fm_strategy_control(ref), f.P * sizeof(float));
+    assert_memory_not_equal(fm_fedsrv_control(f.srv), f.round_delta[1][0], f.P * sizeof(float));
+    int in_round1[N_SITES] = {0};
+    for (int i = 0; i < PER_ROUND; i++)
+        in_round1[chosen[i]] = 1;
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(aggregated_round(&f, k), in_round1[k] ? 1 : 0);
+    /* round 2: one update, then the server dies */
+    assert_int_equal(fm_round_sites(SEED, 2, N_SITES, PER_ROUND, chosen), FM_OK);
+    float *dc = control_delta(&f, chosen[2], 2);
+    assert_int_equal(push_cv(&f, chosen[2], 2, dc, CV_AFTER), FM_NET_OK);
+    free(dc);
+    server_stop(&f);
+
+    o.resume = 1;
+    assert_int_equal(server_start(&f, &o), FM_OK);
+    assert_int_equal(fm_fedsrv_round(f.srv), 2);
+    assert_memory_equal(fm_fedsrv_control(f.srv), fm_strategy_control(ref), f.P * sizeof(float));
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(aggregated_round(&f, k), in_round1[k] ? 1 : 0);
+    for (int round = 2; round <= ROUNDS; round++) {
+        assert_int_equal(fm_round_sites(SEED, round, N_SITES, PER_ROUND, chosen), FM_OK);
+        for (int i = PER_ROUND - 1; i >= 0; i--) {
+            dc = control_delta(&f, chosen[i], round);
+            assert_int_equal(push_cv(&f, chosen[i], round, dc, CV_AFTER), FM_NET_OK);
+            free(dc);
+        }
+        ref_round_cv(&f, ref, round, chosen, PER_ROUND);
+        for (int i = 0; i < PER_ROUND; i++)
+            assert_int_equal(aggregated_round(&f, chosen[i]), round);
+    }
+    assert_true(fm_fedsrv_done(f.srv));
+    assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
+    assert_memory_equal(fm_fedsrv_control(f.srv), fm_strategy_control(ref), f.P * sizeof(float));
+    fm_strategy_destroy(ref);
+    fixture_free(&f);
+}
+
+/* A push with Δc_i chunks to a server that does not run SCAFFOLD is refused, and Pull sends no control variate. */
+static void test_control_variate_only_with_scaffold(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_init(&f);
+    server_opts o = {.kind = FM_STRATEGY_FEDAVG, .budget = SIZE_MAX};
+    assert_int_equal(server_start(&f, &o), FM_OK);
+    assert_null(fm_fedsrv_control(f.srv));
+    int chosen[PER_ROUND];
+    assert_int_equal(fm_round_sites(SEED, 1, N_SITES, PER_ROUND, chosen), FM_OK);
+    float *dc = control_delta(&f, chosen[0], 1);
+    assert_int_equal(push_cv(&f, chosen[0], 1, dc, CV_AFTER), FM_NET_INVALID_ARGUMENT);
+    assert_non_null(strstr(fm_last_error(), "adapters only"));
+    assert_int_equal(fm_strategy_num_updates(f.strategy), 0);
+    assert_int_equal(push_cv(&f, chosen[0], 1, dc, CV_NONE), FM_NET_OK);
+    free(dc);
+    fixture_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,6 +614,8 @@ int main(void)
         cmocka_unit_test(test_spill_bit_identical),
         cmocka_unit_test(test_spill_damaged),
         cmocka_unit_test(test_over_selection),
+        cmocka_unit_test(test_scaffold_control_variates),
+        cmocka_unit_test(test_control_variate_only_with_scaffold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

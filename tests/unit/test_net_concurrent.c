@@ -17,87 +17,44 @@
 #include "testutil.h"
 
 #ifdef FEDMM_WITH_GRPC
-#include <pthread.h>
 #include <time.h>
 
 #include "fedmm/log.h"
-#include "fedmm/site_train.h"
-#include "net/fedsrv.h"
-#include "net/net.h"
-#include "net/wire.h"
+#include "fedsrv_fixture.h"
 
 static const size_t kSizes[] = {7, 131, 3, 29}; /* one block larger than a chunk */
+static const char *const kNames[] = {"a", "big", "c", "d"};
 #define NB (sizeof kSizes / sizeof kSizes[0])
 #define CHUNK 10
 #define N_SITES 4
 #define PER_ROUND 3
 #define ROUNDS 2
 #define RUN_ID "run-conc"
-#define SECRET "a-test-secret-of-some-length"
 
-typedef struct fixture {
-    fm_strategy_block b[NB];
-    size_t P;
-    int tasked; /* sites tasked per round (over-selection when > PER_ROUND) */
-    int64_t samples[N_SITES];
-    uint8_t trained[N_SITES * NB];
-    char tokens[N_SITES][65];
-    const char *token_ptrs[N_SITES];
-    float *init;
-    float *deltas[N_SITES];
-    fm_strategy *strategy;
-    fm_fedsrv *srv;
-} fixture;
-
-static void fixture_init(fixture *f, uint64_t stream, int tasked)
+/* The federation with the given block sizes (kSizes unless NULL): site 1 lacks block "big"; `tasked` sites per
+ * round (over-selection when > PER_ROUND), FedAvg. */
+static void fixture_init_sizes(fixture *f, uint64_t stream, int tasked, const size_t *sizes)
 {
-    memset(f, 0, sizeof *f);
-    static const char *names[] = {"a", "big", "c", "d"};
-    for (size_t i = 0; i < NB; i++) {
-        f->b[i] = (fm_strategy_block){.name = names[i], .offset = f->P, .numel = kSizes[i], .layer = -1, .n_layers = 1};
-        f->P += kSizes[i];
-    }
+    const fx_spec spec = {.sizes = sizes ? sizes : kSizes,
+                          .names = kNames,
+                          .n_blocks = NB,
+                          .n_sites = N_SITES,
+                          .skip_site = 1,
+                          .skip_block = 1,
+                          .stream = stream};
+    fx_init(f, &spec);
     f->tasked = tasked;
-    fm_rng rng = fm_rng_make(fm_test_seed(), stream);
-    f->init = fm_test_alloc(f->P * sizeof(float));
-    fm_test_fill(&rng, f->init, f->P, -1.0f, 1.0f);
-    for (int k = 0; k < N_SITES; k++) {
-        f->samples[k] = 10 + (int64_t)((uint32_t)fm_rng_u64(&rng) % 90);
-        for (size_t i = 0; i < NB; i++)
-            f->trained[k * NB + i] = (uint8_t)(k == 1 && i == 1 ? 0 : 1); /* site 1 skips block "big" */
-        assert_int_equal(fm_net_site_token(SECRET, k, f->tokens[k]), FM_OK);
-        f->token_ptrs[k] = f->tokens[k];
-        f->deltas[k] = fm_test_alloc(f->P * sizeof(float));
-        fm_test_fill(&rng, f->deltas[k], f->P, -0.5f, 0.5f);
-    }
-    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
-    assert_int_equal(fm_strategy_create(&f->strategy, &sc, f->P, f->b, NB, f->init), FM_OK);
-    fm_fedsrv_config fc = {.run_id = RUN_ID,
-                           .rounds = ROUNDS,
-                           .num_sites = N_SITES,
-                           .sites_per_round = PER_ROUND,
-                           .sites_tasked = tasked,
-                           .seed = 7,
-                           .local_steps = 3,
-                           .model_family = "clip-tiny",
-                           .n_params = f->P,
-                           .blocks = f->b,
-                           .n_blocks = NB,
-                           .site_samples = f->samples,
-                           .site_trained = f->trained,
-                           .tokens = f->token_ptrs,
-                           .strategy = f->strategy};
-    assert_int_equal(fm_fedsrv_create(&f->srv, &fc), FM_OK);
+    fm_fedsrv_config fc = fx_config(f);
+    fc.run_id = RUN_ID;
+    fc.rounds = ROUNDS;
+    fc.sites_per_round = PER_ROUND;
+    fc.sites_tasked = tasked;
+    fc.seed = 7;
+    fc.local_steps = 3;
+    assert_int_equal(fx_start(f, FM_STRATEGY_FEDAVG, NULL, fc), FM_OK);
 }
 
-static void fixture_free(fixture *f)
-{
-    fm_fedsrv_destroy(f->srv);
-    fm_strategy_destroy(f->strategy);
-    free(f->init);
-    for (int k = 0; k < N_SITES; k++)
-        free(f->deltas[k]);
-}
+static void fixture_init(fixture *f, uint64_t stream, int tasked) { fixture_init_sizes(f, stream, tasked, NULL); }
 
 static void chosen_in(const fixture *f, int round, int *chosen)
 {
@@ -106,15 +63,7 @@ static void chosen_in(const fixture *f, int round, int *chosen)
 
 static void header_for(const fixture *f, int k, int64_t round, fm_wire_push_header *h)
 {
-    memset(h, 0, sizeof *h);
-    strcpy(h->run_id, RUN_ID);
-    h->round = round;
-    h->site = k;
-    h->n_samples = f->samples[k];
-    h->loss = 0.5 + k;
-    h->n_params = f->P;
-    h->n_blocks = NB;
-    memcpy(h->trained, f->trained + (size_t)k * NB, NB);
+    fx_header(f, RUN_ID, k, round, 0.5 + k, h);
 }
 
 /* The global vector after `rounds` rounds that aggregate, each, the first PER_ROUND tasked sites in site order. */
@@ -130,7 +79,7 @@ static void reference(const fixture *f, int rounds, float *out)
         for (int i = 0; i < PER_ROUND; i++) {
             const int k = chosen[i];
             fm_site_update u = {.n_params = f->P,
-                                .delta = f->deltas[k],
+                                .delta = f->delta[k],
                                 .weight = (double)f->samples[k],
                                 .n_blocks = NB,
                                 .trained = f->trained + (size_t)k * NB};
@@ -154,7 +103,7 @@ typedef struct push_stream {
 static int stream_begin(fixture *f, push_stream *s, int k, int64_t round)
 {
     header_for(f, k, round, &s->h);
-    fm_tensor_tx_init(&s->tx, f->deltas[k], f->b, NB, s->h.trained, CHUNK, RUN_ID, round, k);
+    fm_tensor_tx_init(&s->tx, f->delta[k], f->b, NB, s->h.trained, CHUNK, RUN_ID, round, k);
     s->p = NULL;
     return fm_fedsrv_push_begin(f->srv, f->tokens[k], &s->h, &s->p);
 }
@@ -222,7 +171,7 @@ static void test_interleaved_pushes(void **state)
     reference(&f, ROUNDS, want);
     assert_memory_equal(fm_strategy_global(f.strategy), want, f.P * sizeof(float));
     free(want);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* Over-selection (all 4 sites tasked, the round closes at 3): the fourth site's push is in progress when the
@@ -261,63 +210,10 @@ static void test_round_closes_under_a_push(void **state)
     reference(&f, 1, want);
     assert_memory_equal(fm_strategy_global(f.strategy), want, f.P * sizeof(float));
     free(want);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* ---- a live server --------------------------------------------------------------------------------------- */
-
-typedef struct live {
-    fixture *f;
-    double call_timeout_s;
-    int max_calls, max_pushes;
-    fm_net_traffic traffic;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int port; /* 0 until bound, −1 if serving ended without binding */
-    fm_status result;
-} live;
-
-static void live_on_listen(void *ctx, int port)
-{
-    live *l = ctx;
-    pthread_mutex_lock(&l->mu);
-    l->port = port;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-}
-
-static void *live_main(void *arg)
-{
-    live *l = arg;
-    fm_net_server_options so = {.listen = "127.0.0.1:0",
-                                .call_timeout_s = l->call_timeout_s,
-                                .max_calls = l->max_calls,
-                                .max_pushes = l->max_pushes,
-                                .release_grace_s = 5,
-                                .traffic = &l->traffic,
-                                .on_listen = live_on_listen,
-                                .ctx = l};
-    l->result = fm_net_serve(l->f->srv, &so);
-    pthread_mutex_lock(&l->mu);
-    if (l->port == 0)
-        l->port = -1;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-    return NULL;
-}
-
-static void live_start(live *l, pthread_t *th, char *target, size_t cap)
-{
-    pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->cv, NULL);
-    assert_int_equal(pthread_create(th, NULL, live_main, l), 0);
-    pthread_mutex_lock(&l->mu);
-    while (l->port == 0)
-        pthread_cond_wait(&l->cv, &l->mu);
-    pthread_mutex_unlock(&l->mu);
-    assert_true(l->port > 0);
-    snprintf(target, cap, "127.0.0.1:%d", l->port);
-}
 
 /* A site that opens its Push, sends the header and the first chunk, and then stalls (another thread). */
 typedef struct staller {
@@ -350,7 +246,7 @@ static void *staller_main(void *arg)
         header_for(s->f, s->site, 1, &h);
         fm_tensor_tx tx;
         fm_wire_chunk ch;
-        fm_tensor_tx_init(&tx, s->f->deltas[s->site], s->f->b, NB, h.trained, CHUNK, RUN_ID, 1, s->site);
+        fm_tensor_tx_init(&tx, s->f->delta[s->site], s->f->b, NB, h.trained, CHUNK, RUN_ID, 1, s->site);
         fm_wire_buf msgs[2] = {{0}, {0}};
         if (fm_wire_encode_push_header(&h, &msgs[0]) == FM_OK && fm_tensor_tx_next(&tx, &ch) == 1 &&
             fm_wire_encode_push_chunk(&ch, &msgs[1]) == FM_OK)
@@ -396,16 +292,6 @@ static void staller_join(staller *s)
     pthread_cond_destroy(&s->cv);
 }
 
-static void join_msg(const fixture *f, int k, fm_wire_join *j)
-{
-    memset(j, 0, sizeof *j);
-    j->site = k;
-    strcpy(j->token, f->tokens[k]);
-    strcpy(j->model_family, "clip-tiny");
-    j->n_params = f->P;
-    j->n_blocks = NB;
-}
-
 /* One site's round through real calls: Join (TRAIN), Pull (the in-order global vector), Push. Returns the payload
  * bytes pushed. */
 static double site_round(fixture *f, fm_net_client **c, int k, int round)
@@ -413,7 +299,7 @@ static double site_round(fixture *f, fm_net_client **c, int k, int round)
     float *pulled = fm_test_alloc(f->P * sizeof(float)), *want = fm_test_alloc(f->P * sizeof(float));
     reference(f, round - 1, want);
     fm_wire_join j;
-    join_msg(f, k, &j);
+    fx_join_msg(f, k, &j);
     fm_wire_task task;
     assert_int_equal(fm_net_join(c[k], &j, &task), FM_OK);
     assert_int_equal(task.action, FM_ACTION_TRAIN);
@@ -427,7 +313,7 @@ static double site_round(fixture *f, fm_net_client **c, int k, int round)
     fm_wire_push_header h;
     header_for(f, k, round, &h);
     fm_wire_reply reply;
-    if (fm_net_push(c[k], &h, f->deltas[k], f->b, CHUNK, &reply) != FM_OK)
+    if (fm_net_push(c[k], &h, f->delta[k], f->b, CHUNK, &reply) != FM_OK)
         fail_msg("site %d's push of round %d: %s", k, round, fm_last_error());
     free(pulled);
     free(want);
@@ -492,9 +378,8 @@ static void test_stalled_push_holds_only_itself(void **state)
     fixture f;
     fixture_init(&f, 3, PER_ROUND);
     live l = {.f = &f, .call_timeout_s = 30};
-    pthread_t th;
     char target[64];
-    live_start(&l, &th, target, sizeof target);
+    live_start(&l, target, sizeof target);
     int chosen[N_SITES];
     chosen_in(&f, 1, chosen);
     staller s = {.f = &f, .target = target, .site = chosen[0], .stall_s = 120};
@@ -505,15 +390,13 @@ static void test_stalled_push_holds_only_itself(void **state)
     const double pushed = run_rounds(&f, c);
     assert_false(staller_returned(&s)); /* it was open throughout */
     release_all(&f, c);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    live_join(&l);
     staller_join(&s);
     assert_int_not_equal(s.code, 0);
     check_result(&f, &l, pushed);
     for (int k = 0; k < N_SITES; k++)
         fm_net_client_destroy(c[k]);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* max_calls = 1 and a 1.5 s call timeout: while the stalled Push holds the only slot, another site's call is
@@ -526,9 +409,8 @@ static void test_stall_cancelled_and_busy(void **state)
     fixture f;
     fixture_init(&f, 4, PER_ROUND);
     live l = {.f = &f, .call_timeout_s = 1.5, .max_calls = 1};
-    pthread_t th;
     char target[64];
-    live_start(&l, &th, target, sizeof target);
+    live_start(&l, target, sizeof target);
     int chosen[N_SITES];
     chosen_in(&f, 1, chosen);
     staller s = {.f = &f, .target = target, .site = chosen[0], .stall_s = 120};
@@ -563,13 +445,11 @@ static void test_stall_cancelled_and_busy(void **state)
     assert_true(l.traffic.bytes_up == 0.0);
     const double pushed = run_rounds(&f, c);
     release_all(&f, c);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    live_join(&l);
     check_result(&f, &l, pushed);
     for (int k = 0; k < N_SITES; k++)
         fm_net_client_destroy(c[k]);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* max_pushes = 1 and a 3 s call timeout: while a stalled Push holds the only receiving slot, another site's Join
@@ -582,9 +462,8 @@ static void test_push_waits_for_a_slot(void **state)
     fixture f;
     fixture_init(&f, 5, PER_ROUND);
     live l = {.f = &f, .call_timeout_s = 3, .max_pushes = 1};
-    pthread_t th;
     char target[64];
-    live_start(&l, &th, target, sizeof target);
+    live_start(&l, target, sizeof target);
     int chosen[N_SITES];
     chosen_in(&f, 1, chosen);
     staller s = {.f = &f, .target = target, .site = chosen[0], .stall_s = 120};
@@ -599,13 +478,106 @@ static void test_push_waits_for_a_slot(void **state)
     assert_int_equal(s.code, 1 /* CANCELLED by the server */);
     pushed += run_rounds_from(&f, c, 1, chosen[1]);
     release_all(&f, c);
-    assert_int_equal(pthread_join(th, NULL), 0);
+    live_join(&l);
     check_result(&f, &l, pushed);
     for (int k = 0; k < N_SITES; k++)
         fm_net_client_destroy(c[k]);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
-    fixture_free(&f);
+    fx_free(&f);
+}
+
+/* ---- a Pull that spans its round's closing ------------------------------------------------------------------ */
+
+/* Large enough that the server cannot hand the whole vector to gRPC while the site reads nothing: loopback and
+ * HTTP/2 flow control buffer a few MiB at most. */
+#define SPAN_BIG ((size_t)1024 * 1024)
+
+typedef struct span_ctx {
+    fixture *f;
+    fm_net_client **c;
+    const int *chosen;
+    double pushed;
+    int closed; /* the round's other sites pushed */
+} span_ctx;
+
+/* Called once the Pull's first chunk arrived, while the Pull reads nothing: the round's other tasked sites push,
+ * and the round closes under the Pull. */
+static void span_close_round(void *arg)
+{
+    span_ctx *sc = arg;
+    for (int i = PER_ROUND - 1; i >= 0; i--)
+        sc->pushed += site_round(sc->f, sc->c, sc->chosen[i], 1);
+    sc->closed = 1;
+}
+
+/* Over-selection (4 sites tasked, the round closes at 3): the fourth site's Pull of round 1 (a 24 MiB vector)
+ * has its first chunk when it stops reading; the other three push, round 1 closes and round 2 opens while the
+ * Pull is held mid-stream by flow control. Reading on, the site gets FAILED_PRECONDITION ("stale round 1 ... was
+ * being sent"): the server does not finish a Pull from the next round's vector. Had the whole vector been on its
+ * way before the close, it would have to equal round 1's exactly; the size makes that not happen, and the test
+ * checks that it did not (a mix of rounds fails either way). The site's push for round 1 is then refused as
+ * stale, its Pull of round 2 gets round 2's vector, and the run ends at the in-order result. */
+static void test_pull_spans_round_close(void **state)
+{
+    (void)state;
+    const size_t sizes[NB] = {7, SPAN_BIG, 3, 29};
+    fixture f;
+    fixture_init_sizes(&f, 6, N_SITES, sizes);
+    live l = {.f = &f, .call_timeout_s = 60};
+    char target[64];
+    live_start(&l, target, sizeof target);
+    fm_net_client *c[N_SITES];
+    int chosen[N_SITES];
+    chosen_in(&f, 1, chosen);
+    const int late = chosen[3];
+    for (int k = 0; k < N_SITES; k++) /* the late site's receive window small: its pause holds the server back */
+        assert_int_equal(k == late ? fm_net_client_create_narrow(&c[k], target, f.tokens[k], 60)
+                                   : fm_net_client_create(&c[k], target, f.tokens[k], 60),
+                         FM_OK); /* the others are the first PER_ROUND in site order: reference()'s round 1 */
+    fm_wire_join j;
+    fx_join_msg(&f, late, &j);
+    fm_wire_task task;
+    assert_int_equal(fm_net_join(c[late], &j, &task), FM_OK);
+    assert_int_equal(task.action, FM_ACTION_TRAIN);
+    assert_int_equal(task.round, 1);
+    float *pulled = fm_test_alloc(f.P * sizeof(float)), *want = fm_test_alloc(f.P * sizeof(float));
+    span_ctx sc = {.f = &f, .c = c, .chosen = chosen};
+    fm_wire_ref r = {.round = 1, .site = late};
+    strcpy(r.run_id, RUN_ID);
+    const fm_status st = fm_net_pull_paused(c[late], &r, pulled, NULL, f.b, NB, 1, span_close_round, &sc);
+    assert_true(sc.closed);
+    if (st == FM_OK) { /* all of it was on its way before the close: round 1's vector, whole */
+        assert_memory_equal(pulled, f.init, f.P * sizeof(float));
+        fail_msg("the whole %zu-float vector went out before the round closed: the Pull was not held mid-stream", f.P);
+    }
+    assert_int_equal(fm_net_last_code(c[late]), FM_NET_FAILED_PRECONDITION);
+    assert_non_null(strstr(fm_last_error(), "stale round 1"));
+    assert_non_null(strstr(fm_last_error(), "global vector was being sent"));
+    /* its update for the closed round is refused as stale */
+    fm_wire_push_header h;
+    header_for(&f, late, 1, &h);
+    fm_wire_reply reply;
+    assert_int_equal(fm_net_push(c[late], &h, f.delta[late], f.b, 0, &reply), FM_ERR_NETWORK);
+    assert_int_equal(fm_net_last_code(c[late]), FM_NET_FAILED_PRECONDITION);
+    assert_non_null(strstr(fm_last_error(), "stale round 1"));
+    /* round 2: its Pull gets round 2's vector, whole */
+    r.round = 2;
+    assert_int_equal(fm_net_pull(c[late], &r, pulled, f.b, NB), FM_OK);
+    reference(&f, 1, want);
+    assert_memory_equal(pulled, want, f.P * sizeof(float));
+    const double pushed = sc.pushed + run_rounds_from(&f, c, 2, -1);
+    for (int k = 0; k < N_SITES; k++) { /* everyone hears DONE: the server leaves */
+        fm_wire_ref hb = {.round = ROUNDS, .site = k};
+        strcpy(hb.run_id, RUN_ID);
+        assert_int_equal(fm_net_heartbeat(c[k], &hb, &task), FM_OK);
+        assert_int_equal(task.action, FM_ACTION_DONE);
+    }
+    live_join(&l);
+    check_result(&f, &l, pushed);
+    for (int k = 0; k < N_SITES; k++)
+        fm_net_client_destroy(c[k]);
+    free(pulled);
+    free(want);
+    fx_free(&f);
 }
 
 int main(void)
@@ -616,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_stalled_push_holds_only_itself),
         cmocka_unit_test(test_stall_cancelled_and_busy),
         cmocka_unit_test(test_push_waits_for_a_slot),
+        cmocka_unit_test(test_pull_spans_round_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

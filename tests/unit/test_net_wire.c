@@ -16,13 +16,9 @@
 #include "testutil.h"
 
 #ifdef FEDMM_WITH_GRPC
-#include "fedmm/site_train.h"
-#include "net/fedsrv.h"
-#include "net/net.h"
-#include "net/wire.h"
-
-#include <pthread.h>
 #include <time.h>
+
+#include "fedsrv_fixture.h"
 
 /* odd block sizes, one empty block, one larger than a chunk */
 static const size_t kSizes[] = {7, 0, 131, 3, 29};
@@ -400,74 +396,37 @@ static void test_chunk_fields_checked(void **state)
 #define PER_ROUND 3
 #define ROUNDS 2
 
-typedef struct fixture {
-    fm_strategy_block b[NB];
-    size_t P;
-    int64_t samples[N_SITES];
-    uint8_t trained[N_SITES * NB];
-    char tokens[N_SITES][65];
-    const char *token_ptrs[N_SITES];
-    float *init;
-    fm_strategy *strategy;
-    fm_fedsrv *srv;
-    float *deltas[N_SITES]; /* this round's update of each site */
-} fixture;
+static const char *const kNames[] = {"a", "empty", "big", "c", "d"};
 
+/* The federation: the blocks with the empty one as 2 floats (strategies refuse empty blocks), site 2 lacks block
+ * "big", FedAvg. */
 static void fixture_init(fixture *f, uint64_t stream)
 {
-    memset(f, 0, sizeof *f);
-    f->P = make_blocks_ex(f->b, 0);
-    fm_rng rng = fm_rng_make(fm_test_seed(), stream);
-    f->init = fm_test_alloc(f->P * sizeof(float));
-    fm_test_fill(&rng, f->init, f->P, -1.0f, 1.0f);
-    for (int k = 0; k < N_SITES; k++) {
-        f->samples[k] = 10 + (int64_t)((uint32_t)fm_rng_u64(&rng) % 90);
-        for (size_t i = 0; i < NB; i++)
-            f->trained[k * NB + i] = (uint8_t)(k == 2 && i == 2 ? 0 : 1); /* site 2 skips block "big" */
-        assert_int_equal(fm_net_site_token("a-test-secret-of-some-length", k, f->tokens[k]), FM_OK);
-        f->token_ptrs[k] = f->tokens[k];
-        f->deltas[k] = fm_test_alloc(f->P * sizeof(float));
-        fm_test_fill(&rng, f->deltas[k], f->P, -0.5f, 0.5f);
-    }
-    fm_strategy_config sc = fm_strategy_default_config(FM_STRATEGY_FEDAVG);
-    assert_int_equal(fm_strategy_create(&f->strategy, &sc, f->P, f->b, NB, f->init), FM_OK);
-    fm_fedsrv_config fc = {.run_id = "run-xyz",
-                           .rounds = ROUNDS,
-                           .num_sites = N_SITES,
-                           .sites_per_round = PER_ROUND,
-                           .seed = 42,
-                           .local_steps = 3,
-                           .model_family = "clip-tiny",
-                           .n_params = f->P,
-                           .blocks = f->b,
-                           .n_blocks = NB,
-                           .site_samples = f->samples,
-                           .site_trained = f->trained,
-                           .tokens = f->token_ptrs,
-                           .strategy = f->strategy};
-    assert_int_equal(fm_fedsrv_create(&f->srv, &fc), FM_OK);
-}
-
-static void fixture_free(fixture *f)
-{
-    fm_fedsrv_destroy(f->srv);
-    fm_strategy_destroy(f->strategy);
-    free(f->init);
-    for (int k = 0; k < N_SITES; k++)
-        free(f->deltas[k]);
+    fm_strategy_block b[NB];
+    make_blocks_ex(b, 0);
+    size_t sizes[NB];
+    for (size_t i = 0; i < NB; i++)
+        sizes[i] = b[i].numel;
+    const fx_spec spec = {.sizes = sizes,
+                          .names = kNames,
+                          .n_blocks = NB,
+                          .n_sites = N_SITES,
+                          .skip_site = 2,
+                          .skip_block = 2,
+                          .stream = stream};
+    fx_init(f, &spec);
+    fm_fedsrv_config fc = fx_config(f);
+    fc.run_id = "run-xyz";
+    fc.rounds = ROUNDS;
+    fc.sites_per_round = PER_ROUND;
+    fc.seed = 42;
+    fc.local_steps = 3;
+    assert_int_equal(fx_start(f, FM_STRATEGY_FEDAVG, NULL, fc), FM_OK);
 }
 
 static void header_for(const fixture *f, int k, int64_t round, fm_wire_push_header *h)
 {
-    memset(h, 0, sizeof *h);
-    strcpy(h->run_id, "run-xyz");
-    h->round = round;
-    h->site = k;
-    h->n_samples = f->samples[k];
-    h->loss = 1.5;
-    h->n_params = f->P;
-    h->n_blocks = NB;
-    memcpy(h->trained, f->trained + (size_t)k * NB, NB);
+    fx_header(f, "run-xyz", k, round, 1.5, h);
 }
 
 /* A whole push through the codec; stop_after >= 0 ends the stream after that many chunks. */
@@ -485,7 +444,7 @@ static int push(fixture *f, const fm_wire_push_header *h0, const char *bearer, i
         return code;
     fm_tensor_tx tx;
     fm_wire_chunk ch;
-    fm_tensor_tx_init(&tx, f->deltas[h0->site], f->b, NB, h0->trained, CHUNK, h0->run_id, h0->round, h0->site);
+    fm_tensor_tx_init(&tx, f->delta[h0->site], f->b, NB, h0->trained, CHUNK, h0->run_id, h0->round, h0->site);
     for (int n = 0; code == 0 && fm_tensor_tx_next(&tx, &ch) && n != stop_after; n++) {
         assert_int_equal(fm_wire_encode_push_chunk(&ch, &buf), FM_OK);
         assert_int_equal(fm_wire_decode_push(buf.data, buf.len, &m), FM_OK);
@@ -584,7 +543,7 @@ static void test_server_refusals_leave_state(void **state)
     header_for(&f, k, 1, &h);
     assert_int_equal(fm_fedsrv_push_begin(f.srv, f.tokens[k], &h, &p), FM_NET_OK);
     fm_wire_chunk ch = {
-        .round = 1, .site = (k + 1) % N_SITES, .tensor = 0, .numel = kSizes[0], .count = 1, .data = f.deltas[k]};
+        .round = 1, .site = (k + 1) % N_SITES, .tensor = 0, .numel = kSizes[0], .count = 1, .data = f.delta[k]};
     strcpy(ch.run_id, "run-xyz");
     assert_int_equal(fm_fedsrv_push_chunk(f.srv, p, &ch), FM_NET_INVALID_ARGUMENT);
     fm_fedsrv_push_free(p);
@@ -600,7 +559,7 @@ static void test_server_refusals_leave_state(void **state)
     const float *g = NULL;
     assert_int_equal(fm_fedsrv_pull(f.srv, f.tokens[k], &hb, &g), FM_NET_ALREADY_EXISTS);
     free(before);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* Pushes arriving in reverse site order give the same global vector, bit for bit, as adding the updates in
@@ -620,7 +579,7 @@ static void test_server_aggregates_in_site_order(void **state)
         for (int i = 0; i < PER_ROUND; i++) {
             int k = chosen[i];
             fm_site_update u = {.n_params = f.P,
-                                .delta = f.deltas[k],
+                                .delta = f.delta[k],
                                 .weight = (double)f.samples[k],
                                 .n_blocks = NB,
                                 .trained = f.trained + (size_t)k * NB};
@@ -650,48 +609,10 @@ static void test_server_aggregates_in_site_order(void **state)
     }
     assert_true(fm_fedsrv_all_released(f.srv));
     fm_strategy_destroy(ref);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* ---- a live server on 127.0.0.1 ------------------------------------------------------------------------ */
-
-typedef struct live {
-    fixture *f;
-    const fm_wire_codec *codec; /* Pull's */
-    fm_net_traffic traffic;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int port; /* 0 until bound, −1 if serving ended without binding */
-    fm_status result;
-} live;
-
-static void live_on_listen(void *ctx, int port)
-{
-    live *l = ctx;
-    pthread_mutex_lock(&l->mu);
-    l->port = port;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-}
-
-static void *live_main(void *arg)
-{
-    live *l = arg;
-    fm_net_server_options so = {.listen = "127.0.0.1:0",
-                                .call_timeout_s = 5,
-                                .release_grace_s = 5,
-                                .codec = l->codec,
-                                .traffic = &l->traffic,
-                                .on_listen = live_on_listen,
-                                .ctx = l};
-    l->result = fm_net_serve(l->f->srv, &so);
-    pthread_mutex_lock(&l->mu);
-    if (l->port == 0)
-        l->port = -1;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-    return NULL;
-}
 
 static fm_wire_buf buf_of(fm_status st, fm_wire_buf b)
 {
@@ -708,17 +629,8 @@ static void test_live_server(void **state)
     fixture f;
     fixture_init(&f, 8);
     live l = {.f = &f};
-    pthread_mutex_init(&l.mu, NULL);
-    pthread_cond_init(&l.cv, NULL);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, live_main, &l), 0);
-    pthread_mutex_lock(&l.mu);
-    while (l.port == 0)
-        pthread_cond_wait(&l.cv, &l.mu);
-    pthread_mutex_unlock(&l.mu);
-    assert_true(l.port > 0);
     char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", l.port);
+    live_start(&l, target, sizeof target);
     fm_net_client *c[N_SITES], *bad = NULL;
     for (int k = 0; k < N_SITES; k++)
         assert_int_equal(fm_net_client_create(&c[k], target, f.tokens[k], 20), FM_OK);
@@ -761,7 +673,7 @@ static void test_live_server(void **state)
     header_for(&f, k0, 1, &h);
     fm_tensor_tx tx;
     fm_wire_chunk ch;
-    fm_tensor_tx_init(&tx, f.deltas[k0], f.b, NB, h.trained, CHUNK, h.run_id, 1, k0);
+    fm_tensor_tx_init(&tx, f.delta[k0], f.b, NB, h.trained, CHUNK, h.run_id, 1, k0);
     assert_true(fm_tensor_tx_next(&tx, &ch));
     fm_wire_buf msgs[2];
     msgs[0] = buf_of(fm_wire_encode_push_header(&h, &msgs[0]), msgs[0]);
@@ -799,17 +711,17 @@ static void test_live_server(void **state)
             assert_memory_equal(pulled, fm_strategy_global(ref), f.P * sizeof(float));
             header_for(&f, k, round, &h);
             fm_wire_reply reply;
-            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_OK);
+            assert_int_equal(fm_net_push(c[k], &h, f.delta[k], f.b, CHUNK, &reply), FM_OK);
             assert_true(reply.accepted);
             /* a second push of the same round: refused as a duplicate (or as stale once the round closed) */
-            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_ERR_NETWORK);
+            assert_int_equal(fm_net_push(c[k], &h, f.delta[k], f.b, CHUNK, &reply), FM_ERR_NETWORK);
             const int code = fm_net_last_code(c[k]);
             assert_int_equal(code, i == 0 ? FM_NET_FAILED_PRECONDITION : FM_NET_ALREADY_EXISTS);
         }
         assert_int_equal(fm_strategy_begin_round(ref, round), FM_OK);
         for (int i = 0; i < PER_ROUND; i++) {
             fm_site_update u = {.n_params = f.P,
-                                .delta = f.deltas[chosen[i]],
+                                .delta = f.delta[chosen[i]],
                                 .weight = (double)f.samples[chosen[i]],
                                 .n_blocks = NB,
                                 .trained = f.trained + (size_t)chosen[i] * NB};
@@ -832,7 +744,7 @@ static void test_live_server(void **state)
         assert_int_equal(fm_net_heartbeat(c[k], &hb, &task), FM_OK);
         assert_int_equal(task.action, FM_ACTION_DONE);
     }
-    assert_int_equal(pthread_join(th, NULL), 0);
+    live_join(&l);
     assert_int_equal(l.result, FM_OK);
     assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
     for (int k = 0; k < N_SITES; k++)
@@ -840,9 +752,7 @@ static void test_live_server(void **state)
     fm_net_client_destroy(bad);
     fm_strategy_destroy(ref);
     free(pulled);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 /* The server pulls as bf16 + zstd, the sites push as int8 + zstd: every pulled vector and the final global
@@ -855,17 +765,8 @@ static void test_live_server_codecs(void **state)
     fixture_init(&f, 12);
     const fm_wire_codec down = {FM_WIRE_BF16, FM_WIRE_ZSTD, 3}, up = {FM_WIRE_INT8, FM_WIRE_ZSTD, 1};
     live l = {.f = &f, .codec = &down};
-    pthread_mutex_init(&l.mu, NULL);
-    pthread_cond_init(&l.cv, NULL);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, live_main, &l), 0);
-    pthread_mutex_lock(&l.mu);
-    while (l.port == 0)
-        pthread_cond_wait(&l.cv, &l.mu);
-    pthread_mutex_unlock(&l.mu);
-    assert_true(l.port > 0);
     char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", l.port);
+    live_start(&l, target, sizeof target);
     fm_net_client *c[N_SITES];
     for (int k = 0; k < N_SITES; k++) {
         assert_int_equal(fm_net_client_create(&c[k], target, f.tokens[k], 20), FM_OK);
@@ -904,11 +805,11 @@ static void test_live_server_codecs(void **state)
             fm_wire_push_header h;
             header_for(&f, k, round, &h);
             fm_wire_reply reply;
-            assert_int_equal(fm_net_push(c[k], &h, f.deltas[k], f.b, CHUNK, &reply), FM_OK);
+            assert_int_equal(fm_net_push(c[k], &h, f.delta[k], f.b, CHUNK, &reply), FM_OK);
             float *d = sent + (size_t)k * f.P;
             memset(d, 0, f.P * sizeof(float));
             double bytes = 0.0;
-            assert_int_equal(fm_wire_transmit(&up, f.deltas[k], d, f.b, NB, h.trained, CHUNK, &bytes), FM_OK);
+            assert_int_equal(fm_wire_transmit(&up, f.delta[k], d, f.b, NB, h.trained, CHUNK, &bytes), FM_OK);
             assert_true(fm_net_last_push_bytes(c[k]) == bytes);
             want_up += bytes;
         }
@@ -933,7 +834,7 @@ static void test_live_server_codecs(void **state)
         assert_int_equal(fm_net_heartbeat(c[k], &hb, &task), FM_OK);
         assert_int_equal(task.action, FM_ACTION_DONE);
     }
-    assert_int_equal(pthread_join(th, NULL), 0);
+    live_join(&l);
     assert_int_equal(l.result, FM_OK);
     assert_memory_equal(fm_strategy_global(f.strategy), fm_strategy_global(ref), f.P * sizeof(float));
     assert_true(l.traffic.bytes_up == want_up);
@@ -945,9 +846,7 @@ static void test_live_server_codecs(void **state)
     free(pulled);
     free(want);
     free(sent);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
-    fixture_free(&f);
+    fx_free(&f);
 }
 
 int main(void)

@@ -2,9 +2,11 @@
  * the model's device path — src/model/clip_cuda.c, the CUDA branches of src/model/clip_forward.c, the host logic of
  * kernels/lora.cu, bf16 mixed precision with its exact roundings — runs on a machine without a GPU (see
  * tests/gpu/emu/run.sh). "Device" memory is host memory; each per-op kernel is its CPU twin; the GEMM (summing in
- * double, then rounding), the bf16 casts (round to nearest even) and the row gathers are written out here from
- * their documented contracts. What this cannot check: the CUDA kernels and cuBLASLt calls themselves, which only
- * the gpu tests on a GPU do. Not part of the build. */
+ * double, then rounding; with the bias gradient: the column sums of the operand as read), the bf16 casts (round to
+ * nearest even) and the row gathers are written out here from their documented contracts; the fused kernels are
+ * the CPU twins of the ops they fuse, then the rounding to bf16 where they write bf16; CreamFL's ensemble kernels
+ * (kernels/creamfl_ensemble.h) likewise, so that its host loop runs too. What this cannot check: the CUDA kernels and
+ * cuBLASLt calls themselves, which only the gpu tests on a GPU do. Not part of the build. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "cpu/cpu_ops.h"
 #include "cuda/runtime.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/creamfl_ensemble.h"
 #include "kernels/model_ops.h"
 
 int fm_cuda_probe(char *why, size_t why_len)
@@ -314,6 +317,121 @@ fm_status fm_cuda_gemm(char op, int M, int N, int K, float alpha, const void *X,
     return FM_OK;
 }
 
+fm_status fm_cuda_gemm_dbias(int M, int N, int K, const void *X, const void *Y, fm_gemm_type in, float beta, float *D,
+                             float *dbias)
+{
+    if (M > 0 && !dbias)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda gemm_dbias: NULL dbias (use fm_cuda_gemm without a bias gradient)");
+    FM_TRY(fm_cuda_gemm('W', M, N, K, 1.0f, X, Y, in, beta, D, FM_GEMM_F32, NULL));
+    /* the bias gradient of the epilogue: the column sums of X as the GEMM reads it (bf16 values under bf16) */
+    for (int i = 0; i < M; i++) {
+        double s = 0.0;
+        for (int k = 0; k < K; k++)
+            s += ld(X, in, (size_t)k * M + i);
+        dbias[i] += (float)s;
+    }
+    return FM_OK;
+}
+
+/* ---- the fused kernels (kernels/residual_norm.cu, act_cast.cu): the CPU twins of the ops they fuse, then the
+ * rounding to bf16 where the kernel writes bf16 — what the unfused path computed here before ---- */
+fm_status fm_cuda_residual_layernorm_forward(float *h, void *out, fm_gemm_type out_type, float *mean, float *rstd,
+                                             const float *a, const float *b, const float *w, const float *bias, int N,
+                                             int C, float eps)
+{
+    if (N < 0 || C < 0)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda residual_layernorm_forward: negative size (N=%d, C=%d)", N, C);
+    if (out_type != FM_GEMM_F32 && out_type != FM_GEMM_BF16)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda residual_layernorm_forward: unknown output type %d", (int)out_type);
+    if (N == 0 || C == 0)
+        return FM_OK;
+    if (!out || !mean || !rstd || !a || !w || !bias || (b && !h))
+        return fm_error(FM_ERR_INVALID_ARG, "cuda residual_layernorm_forward: NULL %s",
+                        !out    ? "out"
+                        : !mean ? "mean"
+                        : !rstd ? "rstd"
+                        : !a    ? "a"
+                        : !w    ? "weight"
+                        : !bias ? "bias"
+                                : "h (a residual add needs somewhere to write a + b)");
+    const size_t n = (size_t)N * (size_t)C;
+    if (b)
+        fm_cpu_residual_forward(h, a, b, n);
+    const float *x = b ? h : a;
+    if (out_type == FM_GEMM_F32) {
+        fm_cpu_layernorm_forward(out, mean, rstd, x, w, bias, N, C, eps);
+        return FM_OK;
+    }
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp)
+        return fm_error(FM_ERR_NO_MEMORY, "emu layernorm");
+    fm_cpu_layernorm_forward(tmp, mean, rstd, x, w, bias, N, C, eps);
+    fm_cuda_f32_to_bf16(out, tmp, n);
+    free(tmp);
+    return FM_OK;
+}
+fm_status fm_cuda_residual_layernorm_backward(float *dres, uint16_t *dres_lp, float *dw, float *db, const float *dout,
+                                              const float *h, const float *w, const float *mean, const float *rstd,
+                                              int N, int C)
+{
+    if (N < 0 || C < 0)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda residual_layernorm_backward: negative size (N=%d, C=%d)", N, C);
+    if (N == 0 || C == 0)
+        return FM_OK;
+    if (!dres || !dout || !h || !w || !mean || !rstd)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda residual_layernorm_backward: NULL %s",
+                        !dres   ? "dres (the residual stream's gradient)"
+                        : !dout ? "dout"
+                        : !h    ? "h"
+                        : !w    ? "weight"
+                        : !mean ? "mean"
+                                : "rstd");
+    fm_cpu_layernorm_backward(dres, dw, db, dout, h, w, mean, rstd, N, C);
+    return dres_lp ? fm_cuda_f32_to_bf16(dres_lp, dres, (size_t)N * (size_t)C) : FM_OK;
+}
+static fm_status emu_act(int backward, void *dst, fm_gemm_type type, const float *inp, const float *dout, size_t n,
+                         fm_cuda_act act)
+{
+    const char *fn = backward ? "act_backward" : "act_forward";
+    if (type != FM_GEMM_F32 && type != FM_GEMM_BF16)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda %s: unknown output type %d", fn, (int)type);
+    if (act != FM_CUDA_ACT_QUICK_GELU && act != FM_CUDA_ACT_GELU)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda %s: unknown activation %d", fn, (int)act);
+    if (n == 0)
+        return FM_OK;
+    if (!dst || !inp || (backward && !dout))
+        return fm_error(FM_ERR_INVALID_ARG, "cuda %s: NULL %s", fn,
+                        !dst   ? (backward ? "dinp" : "out")
+                        : !inp ? "inp"
+                               : "dout");
+    float *tmp = calloc(n, sizeof *tmp);
+    if (!tmp)
+        return fm_error(FM_ERR_NO_MEMORY, "emu act");
+    if (backward && act == FM_CUDA_ACT_QUICK_GELU)
+        fm_cpu_quick_gelu_backward(tmp, inp, dout, n);
+    else if (backward)
+        fm_cpu_gelu_backward(tmp, inp, dout, n);
+    else if (act == FM_CUDA_ACT_QUICK_GELU)
+        fm_cpu_quick_gelu_forward(tmp, inp, n);
+    else
+        fm_cpu_gelu_forward(tmp, inp, n);
+    if (type == FM_GEMM_BF16)
+        fm_cuda_f32_to_bf16(dst, tmp, n);
+    else
+        memcpy(dst, tmp, n * sizeof *tmp);
+    free(tmp);
+    return FM_OK;
+}
+fm_status fm_cuda_act_forward(void *out, fm_gemm_type out_type, const float *inp, size_t n, fm_cuda_act act)
+{
+    return emu_act(0, out, out_type, inp, NULL, n, act);
+}
+fm_status fm_cuda_act_backward(void *dinp, fm_gemm_type dinp_type, const float *inp, const float *dout, size_t n,
+                               fm_cuda_act act)
+{
+    return emu_act(1, dinp, dinp_type, inp, dout, n, act);
+}
+
 fm_status fm_cuda_vision_embed_forward(float *emb, const float *patches, const float *cls, const float *pos, int B,
                                        int T, int W)
 {
@@ -377,5 +495,78 @@ fm_status fm_cuda_site_correct_grad(float *grad, const float *params, const floa
     if (c_global && c_local)
         for (size_t i = 0; i < n; i++)
             grad[i] += c_global[i] - c_local[i];
+    return FM_OK;
+}
+
+/* ---- creamfl_ensemble.h: the per-row arithmetic written out from its contracts, so that the host loop of the GPU
+ * path (src/fl/creamfl_ensemble_cuda.c: tiles, offsets, leading dimensions, bf16 padding, the workspace, staging)
+ * runs here against the CPU ensemble. ---- */
+fm_status fm_cuda_creamfl_lse_tile(float *run_max, double *run_sum, const float *tile, size_t rows, size_t cols,
+                                   int first)
+{
+    if (rows && cols && (!run_max || !run_sum || !tile))
+        return fm_error(FM_ERR_INVALID_ARG, "cuda creamfl lse_tile: NULL argument");
+    for (size_t i = 0; i < rows && cols; i++) {
+        const float *x = tile + i * cols;
+        float mx = x[0];
+        for (size_t j = 1; j < cols; j++)
+            mx = x[j] > mx ? x[j] : mx;
+        const float m = first || mx > run_max[i] ? mx : run_max[i];
+        double part = 0.0;
+        for (size_t j = 0; j < cols; j++)
+            part += (double)expf(x[j] - m);
+        run_sum[i] = first ? part : run_sum[i] * exp((double)run_max[i] - (double)m) + part;
+        run_max[i] = m;
+    }
+    return FM_OK;
+}
+fm_status fm_cuda_creamfl_finish(float *scores, const float *R, const float *G, const float *run_max,
+                                 const double *run_sum, size_t rows, size_t d)
+{
+    if (rows && (!scores || !R || !G || !run_max || !run_sum))
+        return fm_error(FM_ERR_INVALID_ARG, "cuda creamfl finish: NULL argument");
+    for (size_t i = 0; i < rows; i++) {
+        double s = 0.0;
+        for (size_t e = 0; e < d; e++)
+            s += (double)R[i * d + e] * (double)G[i * d + e];
+        scores[i] = (float)(s - ((double)run_max[i] + log(run_sum[i])));
+    }
+    return FM_OK;
+}
+fm_status fm_cuda_creamfl_site_softmax(float *w, size_t K, size_t n)
+{
+    for (size_t p = 0; p < n && K; p++) {
+        double mx = -INFINITY, sum = 0.0;
+        for (size_t k = 0; k < K; k++)
+            mx = w[k * n + p] > mx ? w[k * n + p] : mx;
+        for (size_t k = 0; k < K; k++)
+            sum += exp((double)w[k * n + p] - mx);
+        for (size_t k = 0; k < K; k++)
+            w[k * n + p] = (float)(exp((double)w[k * n + p] - mx) / sum);
+    }
+    return FM_OK;
+}
+fm_status fm_cuda_creamfl_fuse(float *agg, const float *const *reps, const float *w, float mean, size_t K, size_t n,
+                               size_t d)
+{
+    if (n && d && (!agg || !reps || !K))
+        return fm_error(FM_ERR_INVALID_ARG, "cuda creamfl fuse: bad argument");
+    for (size_t i = 0; i < n * d; i++) {
+        float out = 0.0f;
+        for (size_t k = 0; k < K; k++) {
+            const float prod = (w ? w[k * n + i / d] : mean) * reps[k][i];
+            out += prod;
+        }
+        agg[i] = out;
+    }
+    return FM_OK;
+}
+fm_status fm_cuda_creamfl_rows_bf16(uint16_t *dst, const float *src, size_t rows, size_t d, size_t ld)
+{
+    if (ld < d)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda creamfl rows_bf16: leading dimension %zu < d = %zu", ld, d);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t e = 0; e < ld; e++)
+            dst[r * ld + e] = e < d ? to_bf16(src[r * d + e]) : 0;
     return FM_OK;
 }
