@@ -7,6 +7,7 @@
 #   LOCAL=0     skip the local-only runs (they cost twice the FedAvg run)
 #   THREADS=N   CPU threads of each run (default: fedmm's own choice)
 #   K=N         sites sampled per round (default 5, as experiments/quickstart.yaml)
+#   STEPS=N     local steps per round (default 10, as experiments/quickstart.yaml)
 set -euo pipefail
 FEDMM=${1:-build/fedmm}
 ROUNDS=${2:-30}
@@ -17,8 +18,8 @@ threads=()
 cfg=experiments/quickstart.yaml
 out=$(mktemp -d "${TMPDIR:-/tmp}/fedmm-baselines.XXXXXX")
 trap 'rm -rf "$out"' EXIT
-K=${K:-5} STEPS=10 B=32
-common=(--config $cfg --set fl.rounds=$ROUNDS --set fl.eval_every=0 --set log_level=warn --set seed=$SEED --set fl.sites_per_round=$K "${threads[@]}")
+K=${K:-5} STEPS=${STEPS:-10} B=32
+common=(--config $cfg --set fl.rounds=$ROUNDS --set fl.eval_every=0 --set log_level=warn --set seed=$SEED --set fl.sites_per_round=$K --set fl.local_steps=$STEPS "${threads[@]}")
 "$FEDMM" sim "${common[@]}" --out "$out/fedavg" >"$out/fedavg.log" 2>&1
 [ "$LOCAL" = 1 ] && "$FEDMM" sim "${common[@]}" --set fl.strategy=local --out "$out/local" >"$out/local.log" 2>&1
 total=$((ROUNDS * K * STEPS))
