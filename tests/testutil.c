@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 uint64_t fm_test_seed(void)
 {
@@ -51,6 +52,42 @@ void *fm_test_alloc(size_t bytes)
     return p;
 }
 
+float *fm_test_random(fm_rng *rng, size_t n, float lo, float hi)
+{
+    float *x = fm_test_alloc(n * sizeof(float));
+    fm_test_fill(rng, x, n, lo, hi);
+    return x;
+}
+
+float *fm_test_copy(const float *x, size_t n)
+{
+    float *y = fm_test_alloc(n * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+
+float *fm_test_rows(fm_rng *rng, size_t n, size_t d, float norm)
+{
+    float *x = fm_test_alloc(n * d * sizeof(float));
+    fm_test_fill(rng, x, n * d, -1.0f, 1.0f);
+    for (size_t i = 0; i < n; i++) {
+        double s = 0.0;
+        for (size_t e = 0; e < d; e++)
+            s += (double)x[i * d + e] * x[i * d + e];
+        for (size_t e = 0; e < d; e++)
+            x[i * d + e] = (float)(norm * x[i * d + e] / sqrt(s));
+    }
+    return x;
+}
+
+int fm_test_same_bits(float a, float b)
+{
+    uint32_t x, y;
+    memcpy(&x, &a, sizeof x);
+    memcpy(&y, &b, sizeof y);
+    return x == y;
+}
+
 static double check_close(const char *what, const float *gotf, const double *gotd, const double *want, size_t n,
                           double rtol, double atol)
 {
@@ -85,6 +122,19 @@ double fm_test_assert_close_d(const char *what, const double *got, const double 
                               double atol)
 {
     return check_close(what, NULL, got, want, n, rtol, atol);
+}
+
+double fm_test_rel_l2(const float *a, const float *b, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]))
+            return INFINITY;
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 void fm_test_finite_diff(fm_test_scalar_fn f, void *ctx, double *x, size_t n, double h, double *grad)

@@ -1,23 +1,21 @@
 /* `fedmm client`: one site of a networked federation. It computes its own share of the data from the shared
  * config (fm_federation_split is deterministic), joins the server, and whenever the server tasks it with a
  * round: pulls the global adapters, trains exactly as `fedmm sim` trains that site, and pushes the update. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/creamfl.h"
 #include "cli/fl_config.h"
+#include "cli/site_link.h"
 #include "fedmm/log.h"
 
 #ifdef FEDMM_WITH_GRPC
 #include <math.h>
 
-#include "fedmm/rng.h"
 #include "fedmm/safetensors.h"
 #include "fedmm/site_train.h"
 #include "net/net.h"
@@ -49,48 +47,19 @@ static void usage(void)
            "(--out, else the config's `out`), so that a restarted site carries on with it.\n");
 }
 
-static void sleep_s(double s)
-{
-    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Worth retrying: the server is down (killed, restarting, not up yet), the connection broke, or the server was
- * busy (net.max_calls calls in flight). A failed TLS handshake is UNAVAILABLE too; Join gives up on it (join()). */
-static int transient(const fm_net_client *net)
-{
-    int code = fm_net_last_code(net);
-    return code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */ || code == 1 /* CANCELLED */ ||
-           fm_net_last_busy(net);
-}
-
-static int64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Join gives up on a refused transport after this many failures in a row that look like one: a server killed
- * while a connection is being set up can look like it once. */
-#define HANDSHAKE_TRIES 3
-
 typedef struct client {
     fm_cli_run *run;
     const fm_sim_options *o;
     int site;
-    double reconnect_s; /* net.reconnect_s */
+    fm_site_link link; /* the connection to the server, Join with back-off, the task / heartbeat loop */
     fm_clip *model;
     fm_strategy_block *blocks;
     size_t nb;
     fm_site_data *sites;
     fm_site_trainer *trainer;
-    fm_net_client *net;
     float *global, *local, *delta;
     uint8_t *trained;
     fm_wire_push_header *header;
-    fm_wire_join join;    /* what Join sends; its run id is the run joined ("" before) */
     int64_t cached_round; /* the round whose update delta and header hold (0: none) */
     char cached_run[FM_WIRE_RUN_ID_MAX + 1];
     /* SCAFFOLD (fl.strategy scaffold): this site's control variate c_i, kept in state_path (under --out) so that a
@@ -104,75 +73,7 @@ typedef struct client {
     int64_t pending_round;               /* the round whose push ci_new belongs to (0: none) */
     char ci_run[FM_WIRE_RUN_ID_MAX + 1]; /* the run c_i belongs to ("" before the first Task) */
     char state_path[4200];
-    /* retrying an unreachable server: exponential back-off from 0.1 s, doubling up to 5 s, each wait scaled by
-     * a jitter in [0.5, 1) so that sites do not return in lock step. The jitter's generator is seeded from the
-     * clock and the process id: it decides only when a site calls again, never what it computes. */
-    fm_rng jitter;
-    double backoff_s;
-    double failing_since; /* < 0: the last call succeeded */
-    int handshake_fails;  /* Joins in a row refused in the transport's set-up */
 } client;
-
-static void reachable(client *c)
-{
-    c->failing_since = -1.0;
-    c->backoff_s = 0.1;
-    c->handshake_fails = 0;
-}
-
-/* After a transient failure: waits the back-off, or gives up once the server has been unreachable for
- * net.reconnect_s. */
-static fm_status wait_for_server(client *c)
-{
-    const double now = fm_now_seconds();
-    char why[512];
-    snprintf(why, sizeof why, "%s", fm_last_error());
-    if (c->failing_since < 0)
-        c->failing_since = now;
-    if (now - c->failing_since >= c->reconnect_s)
-        return fm_error(FM_ERR_NETWORK, "site %d: the server has been unreachable for %.0f s (net.reconnect_s): %s",
-                        c->site, now - c->failing_since, why);
-    const double wait = c->backoff_s * (0.5 + 0.5 * fm_rng_double(&c->jitter));
-    FM_INFO("site %d: server not reachable (%s), retrying in %.2f s", c->site, why, wait);
-    sleep_s(wait);
-    c->backoff_s = c->backoff_s * 2 > 5.0 ? 5.0 : c->backoff_s * 2;
-    return FM_OK;
-}
-
-static fm_status handshake_error(const client *c)
-{
-    char why[512];
-    snprintf(why, sizeof why, "%s", fm_last_error());
-    return fm_error(FM_ERR_NETWORK,
-                    "site %d: the server closed the connection while it was set up: TLS on one side only, or a "
-                    "certificate refused (check net.tls_ca, net.tls_cert, net.tls_key): %s",
-                    c->site, why);
-}
-
-/* Past the round's deadline (Task.deadline_unix_ms) the server may have closed the round without this site: ask
- * before sending the update. *go = 0 when the server no longer wants this round's push; *next then holds its
- * answer (the site's next task: a later round, WAIT or DONE). */
-static fm_status still_wanted(client *c, const fm_wire_task *task, int *go, fm_wire_task *next)
-{
-    *go = 1;
-    const int64_t late_ms = task->deadline_unix_ms > 0 ? unix_ms() - task->deadline_unix_ms : 0;
-    if (late_ms <= 0)
-        return FM_OK;
-    fm_wire_ref h;
-    memset(&h, 0, sizeof h);
-    snprintf(h.run_id, sizeof h.run_id, "%s", task->run_id);
-    h.round = task->round;
-    h.site = c->site;
-    FM_TRY(fm_net_heartbeat(c->net, &h, next));
-    *go = next->action == FM_ACTION_TRAIN && next->round == task->round;
-    if (*go)
-        FM_WARN("site %d: round %lld: %.1f s past its deadline, still open: pushing", c->site, (long long)task->round,
-                (double)late_ms / 1000.0);
-    else
-        FM_WARN("site %d: round %lld: %.1f s past its deadline, closed without this site: the update is not pushed",
-                c->site, (long long)task->round, (double)late_ms / 1000.0);
-    return FM_OK;
-}
 
 /* ---- SCAFFOLD: the site's control variate, on file ----------------------------------------------------- */
 
@@ -282,11 +183,14 @@ static fm_status scaffold_sync(client *c, const fm_wire_task *task)
     return changed ? scaffold_save(c) : FM_OK;
 }
 
+static fm_status scaffold_on_task(void *ctx, const fm_wire_task *task) { return scaffold_sync(ctx, task); }
+
 /* The round's update: pulled, trained and pushed; or, when the server asks again for a round this site already
  * trained (a restarted server lost the push), the same update pushed again. When the update is not pushed because
  * the round closed at its deadline, *task becomes the server's answer (the next task) and *fresh = 1. */
-static fm_status train_round(client *c, fm_wire_task *task, int *fresh)
+static fm_status train_round(void *ctx, fm_wire_task *task, int *fresh)
 {
+    client *c = ctx;
     *fresh = 0;
     const fm_sim_options *o = c->o;
     const size_t P = fm_clip_num_trainable(c->model);
@@ -300,15 +204,11 @@ static fm_status train_round(client *c, fm_wire_task *task, int *fresh)
         FM_WARN("site %d: the server asks for round %lld again: pushing the update trained for it once more", c->site,
                 (long long)task->round);
     } else {
-        fm_wire_ref r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.run_id, sizeof r.run_id, "%s", task->run_id);
-        r.round = task->round;
-        r.site = c->site;
-        FM_TRY(fm_net_pull_control(c->net, &r, c->global, c->scaffold ? c->c_global : NULL, c->blocks, c->nb));
+        const fm_wire_ref r = fm_site_link_ref(&c->link, task);
+        FM_TRY(fm_net_pull_control(c->link.net, &r, c->global, c->scaffold ? c->c_global : NULL, c->blocks, c->nb));
         if (task->deadline_unix_ms > 0)
             FM_INFO("site %d: round %lld: training; the round's deadline is in %.1f s", c->site, (long long)task->round,
-                    (double)(task->deadline_unix_ms - unix_ms()) / 1000.0);
+                    (double)(task->deadline_unix_ms - fm_site_link_unix_ms()) / 1000.0);
         else
             FM_INFO("site %d: round %lld: training", c->site, (long long)task->round);
         const fm_site_data *site = &c->sites[c->site];
@@ -362,52 +262,16 @@ static fm_status train_round(client *c, fm_wire_task *task, int *fresh)
         c->cached_round = task->round;
         snprintf(c->cached_run, sizeof c->cached_run, "%s", task->run_id);
     }
-    int go = 1;
-    fm_wire_task next;
-    FM_TRY(still_wanted(c, task, &go, &next));
-    if (!go) {
-        *task = next;
-        *fresh = 1;
+    FM_TRY(fm_site_link_still_wanted(&c->link, task, "the update is not pushed", fresh));
+    if (*fresh)
         return FM_OK;
-    }
     fm_wire_reply reply;
-    FM_TRY(fm_net_push_control(c->net, h, c->delta, c->scaffold ? c->dc : NULL, c->blocks, 0, &reply));
+    FM_TRY(fm_net_push_control(c->link.net, h, c->delta, c->scaffold ? c->dc : NULL, c->blocks, 0, &reply));
     FM_INFO("site %d: round %lld pushed, local loss %.4f", c->site, (long long)task->round, h->loss);
     return FM_OK;
 }
 
-/* Join (again, after the server was unreachable: with the run id, so that a server restarted without --resume
- * is told apart from the same run resumed). *joined = 1 on success; a transient failure waits the back-off. */
-static fm_status join(client *c, fm_wire_task *task, int *joined)
-{
-    const int again = c->join.run_id[0] != '\0';
-    fm_status st = fm_net_join(c->net, &c->join, task);
-    if (st != FM_OK) {
-        if (fm_net_last_handshake_failed(c->net) && ++c->handshake_fails >= HANDSHAKE_TRIES)
-            return handshake_error(c);
-        if (transient(c->net))
-            return wait_for_server(c);
-        if (again && fm_net_last_code(c->net) == 9) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", fm_last_error());
-            return fm_error(FM_ERR_NETWORK,
-                            "site %d: the server no longer runs run %s (restarted without --resume?): %s", c->site,
-                            c->join.run_id, why);
-        }
-        return st;
-    }
-    reachable(c);
-    *joined = 1;
-    if (again)
-        FM_WARN("site %d: re-joined run %s at round %lld", c->site, task->run_id, (long long)task->round);
-    else
-        FM_INFO("site %d: joined run %s (%s), %lld samples, modality %s", c->site, task->run_id, task->config,
-                (long long)c->sites[c->site].n, fm_modality_name(c->sites[c->site].modality));
-    snprintf(c->join.run_id, sizeof c->join.run_id, "%s", task->run_id);
-    return FM_OK;
-}
-
-static fm_status run_site(client *c, const char *token, const char *target, const fm_net_tls *tls)
+static fm_status run_site(client *c, const char *token, const char *target, const fm_net_tls *tls, double reconnect_s)
 {
     const fm_cli_run *run = c->run;
     const fm_sim_options *o = c->o;
@@ -445,69 +309,22 @@ static fm_status run_site(client *c, const char *token, const char *target, cons
             FM_INFO("site %d: SCAFFOLD: control variate of run %s read from %s%s", c->site, c->ci_run, c->state_path,
                     c->pending_round > 0 ? " (with the pending push's)" : "");
     }
-    FM_TRY(fm_net_client_create_tls(&c->net, target, token, 120.0, tls));
-    FM_TRY(fm_net_client_set_codec(c->net, &c->o->wire)); /* net.encoding / net.compress of pushes */
-    c->jitter = fm_rng_make((uint64_t)(fm_now_seconds() * 1e9) ^ ((uint64_t)getpid() << 32), (uint64_t)c->site);
-    reachable(c);
-
-    fm_wire_join *j = &c->join;
-    memset(j, 0, sizeof *j);
-    j->site = c->site;
-    snprintf(j->token, sizeof j->token, "%s", token);
-    j->modalities = (uint32_t)site->modality;
-    snprintf(j->model_family, sizeof j->model_family, "%.64s", run->model.name);
-    j->n_params = P;
-    j->n_blocks = (uint32_t)c->nb;
-    snprintf(j->device, sizeof j->device, "%s", run->device == FM_DEVICE_CPU ? "cpu" : "cuda");
-    fm_wire_task task;
-    memset(&task, 0, sizeof task);
-    int joined = 0;
-    for (;;) {
-        if (!joined) { /* at the start, and after every failure to reach the server */
-            FM_TRY(join(c, &task, &joined));
-            continue;
-        }
-        if (c->scaffold) /* task is the server's latest answer: keep or drop the pending c_i */
-            FM_TRY(scaffold_sync(c, &task));
-        if (task.action == FM_ACTION_DONE) {
-            printf("site %d done: run %s, %d rounds\n", c->site, task.run_id, task.rounds);
-            return FM_OK;
-        }
-        if (task.action == FM_ACTION_TRAIN) {
-            int fresh = 0;
-            fm_status st = train_round(c, &task, &fresh);
-            int code = fm_net_last_code(c->net);
-            if (st == FM_ERR_NETWORK && transient(c->net)) {
-                FM_TRY(wait_for_server(c));
-                joined = 0;
-                continue;
-            }
-            if (st == FM_ERR_NETWORK && (code == 6 || code == 9)) {
-                /* refused as stale (the round closed without this site) or duplicate: ask what to do now */
-                FM_WARN("site %d: round %lld refused: %s", c->site, (long long)task.round, fm_last_error());
-            } else if (st != FM_OK) {
-                return st;
-            } else if (fresh) { /* the round closed at its deadline: task is already the server's next answer */
-                reachable(c);
-                continue;
-            }
-        } else {
-            sleep_s(0.02);
-        }
-        fm_wire_ref h;
-        memset(&h, 0, sizeof h);
-        snprintf(h.run_id, sizeof h.run_id, "%s", task.run_id);
-        h.round = task.round;
-        h.site = c->site;
-        if (fm_net_heartbeat(c->net, &h, &task) != FM_OK) {
-            if (!transient(c->net))
-                return FM_ERR_NETWORK;
-            FM_TRY(wait_for_server(c));
-            joined = 0;
-            continue;
-        }
-        reachable(c);
-    }
+    const fm_site_link_options lo = {.site = c->site,
+                                     .reconnect_s = reconnect_s,
+                                     .target = target,
+                                     .token = token,
+                                     .tls = tls,
+                                     .modality = site->modality,
+                                     .model_family = run->model.name,
+                                     .n_params = P,
+                                     .n_blocks = (uint32_t)c->nb,
+                                     .device = run->device,
+                                     .run_kind = "run",
+                                     .samples = site->n};
+    FM_TRY(fm_site_link_open(&c->link, &lo));
+    FM_TRY(fm_net_client_set_codec(c->link.net, &c->o->wire)); /* net.encoding / net.compress of pushes */
+    const fm_site_link_hooks hooks = {.on_task = c->scaffold ? scaffold_on_task : NULL, .train = train_round, .ctx = c};
+    return fm_site_link_run(&c->link, &hooks);
 }
 
 int fm_cli_client(int argc, char **argv)
@@ -555,11 +372,7 @@ int fm_cli_client(int argc, char **argv)
     fm_sim_options o;
     fm_cli_net_options no;
     s = fm_cli_read_federation(&run, &args, &o, &no);
-    fm_net_tls tls = {.ca_path = no.tls_ca,
-                      .cert_path = no.tls_cert,
-                      .key_path = no.tls_key,
-                      .mtls = 0,
-                      .server_name = no.tls_server_name};
+    const fm_net_tls tls = fm_site_link_tls(&no);
     if (s == FM_OK)
         s = fm_net_tls_check(&tls, 0);
     if (s == FM_OK && o.local_only)
@@ -570,21 +383,17 @@ int fm_cli_client(int argc, char **argv)
         return rc;
     }
     char derived[65];
-    const char *token = token_arg ? token_arg : getenv("FEDMM_TOKEN");
-    if (!token) {
-        s = fm_net_site_token(fm_cli_net_secret(), (int)site, derived);
-        token = derived;
-    }
+    const char *token = NULL;
+    s = fm_site_link_token(token_arg, (int)site, derived, &token);
     client c;
     memset(&c, 0, sizeof c);
     c.run = &run;
     c.o = &o;
     c.site = (int)site;
-    c.reconnect_s = no.reconnect_s;
     if (s == FM_OK)
-        s = run_site(&c, token, target, &tls);
+        s = run_site(&c, token, target, &tls, no.reconnect_s);
     rc = s == FM_OK ? 0 : fm_cli_fail("client", "run", s);
-    fm_net_client_destroy(c.net);
+    fm_site_link_close(&c.link);
     fm_site_trainer_destroy(c.trainer);
     if (c.sites)
         fm_site_data_free(c.sites, o.scenario.num_sites);

@@ -7,15 +7,12 @@
  * values its round measured, and fm_creamfl_srv's hooks (src/net/creamfl_srv.c) run the ensemble, the distillation,
  * the evaluation and the next round's server steps when the round closes (docs/creamfl.md, docs/protocol.md "CreamFL
  * over the network"). This file is the two commands around them: options, tokens, the serving loop, and a site's
- * join / pull / train / push loop with `fedmm client`'s retry rules. */
+ * pull / train / push; its join, task and retry loop is `fedmm client`'s (src/cli/site_link.c). */
 #include "cli/creamfl.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "fedmm/log.h"
 
@@ -42,10 +39,9 @@ int fm_cli_creamfl_client(const fm_cli_args *args, fm_cli_run *run, const char *
 #else
 #include <sodium.h>
 
-#include "fedmm/rng.h"
+#include "cli/site_link.h"
 #include "net/creamfl_srv.h"
 #include "net/net.h"
-#include "net/rep_stream.h"
 
 /* The vector that travels and what both sides agree on: src/net/creamfl_srv.h. */
 enum { BLOCK_IMAGE = FM_CREAMFL_BLOCK_IMAGE, BLOCK_TEXT = FM_CREAMFL_BLOCK_TEXT, N_BLOCKS = FM_CREAMFL_NUM_BLOCKS };
@@ -195,130 +191,27 @@ int fm_cli_creamfl_server(const fm_cli_args *args, fm_cli_run *run, const char *
 
 /* ---- a site ------------------------------------------------------------------------------------------------ */
 
-#define HANDSHAKE_TRIES 3 /* Joins in a row refused in the transport's set-up before the site gives up */
-
 typedef struct cream_client {
     const fm_creamfl_options *o;
     int site;
-    double reconnect_s;
     fm_creamfl *cf;
     fm_creamfl_wire L;
     fm_modality modality;
     uint8_t trained[N_BLOCKS];
-    fm_net_client *net;
+    fm_site_link link;   /* the connection to the server, Join with back-off, the task / heartbeat loop */
     fm_wire_codec codec; /* the representations' encoding (fl.creamfl.rep_dtype) and net.compress */
     float *global, *up;  /* (P) each: the pulled [ig | tg], this site's [ik | tk] */
     fm_wire_push_header *header;
-    fm_wire_join join;
     int64_t cached_round; /* the round whose upload up and header hold (0: none) */
     char cached_run[FM_WIRE_RUN_ID_MAX + 1];
-    fm_rng jitter; /* when to call again after a failure, never what to compute */
-    double backoff_s, failing_since;
-    int handshake_fails;
 } cream_client;
-
-static void sleep_s(double s)
-{
-    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static int64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* As `fedmm client` (src/cli/client.c): worth retrying when the server is down, restarting, unreachable or busy. */
-static int transient(const fm_net_client *net)
-{
-    const int code = fm_net_last_code(net);
-    return code == 14 /* UNAVAILABLE */ || code == 4 /* DEADLINE_EXCEEDED */ || code == 1 /* CANCELLED */ ||
-           fm_net_last_busy(net);
-}
-
-static void reachable(cream_client *c)
-{
-    c->failing_since = -1.0;
-    c->backoff_s = 0.1;
-    c->handshake_fails = 0;
-}
-
-static fm_status wait_for_server(cream_client *c)
-{
-    const double now = fm_now_seconds();
-    char why[512];
-    snprintf(why, sizeof why, "%s", fm_last_error());
-    if (c->failing_since < 0)
-        c->failing_since = now;
-    if (now - c->failing_since >= c->reconnect_s)
-        return fm_error(FM_ERR_NETWORK, "site %d: the server has been unreachable for %.0f s (net.reconnect_s): %s",
-                        c->site, now - c->failing_since, why);
-    const double wait = c->backoff_s * (0.5 + 0.5 * fm_rng_double(&c->jitter));
-    FM_INFO("site %d: server not reachable (%s), retrying in %.2f s", c->site, why, wait);
-    sleep_s(wait);
-    c->backoff_s = c->backoff_s * 2 > 5.0 ? 5.0 : c->backoff_s * 2;
-    return FM_OK;
-}
-
-static fm_status join(cream_client *c, fm_wire_task *task, int *joined)
-{
-    const int again = c->join.run_id[0] != '\0';
-    fm_status st = fm_net_join(c->net, &c->join, task);
-    if (st != FM_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", fm_last_error());
-        if (fm_net_last_handshake_failed(c->net) && ++c->handshake_fails >= HANDSHAKE_TRIES)
-            return fm_error(FM_ERR_NETWORK,
-                            "site %d: the server closed the connection while it was set up: TLS on one side only, "
-                            "or a certificate refused (check net.tls_ca, net.tls_cert, net.tls_key): %s",
-                            c->site, why);
-        if (transient(c->net))
-            return wait_for_server(c);
-        if (again && fm_net_last_code(c->net) == 9)
-            return fm_error(FM_ERR_NETWORK,
-                            "site %d: the server no longer runs run %s (restarted without --resume?): %s", c->site,
-                            c->join.run_id, why);
-        return st;
-    }
-    reachable(c);
-    *joined = 1;
-    if (again)
-        FM_WARN("site %d: re-joined run %s at round %lld", c->site, task->run_id, (long long)task->round);
-    else
-        FM_INFO("site %d: joined CreamFL run %s (%s), %lld samples, modality %s", c->site, task->run_id, task->config,
-                (long long)fm_creamfl_site_samples(c->cf, c->site), fm_modality_name(c->modality));
-    snprintf(c->join.run_id, sizeof c->join.run_id, "%s", task->run_id);
-    return FM_OK;
-}
-
-/* Past the round's deadline the server may have closed it without this site: ask before pushing. */
-static fm_status still_wanted(cream_client *c, const fm_wire_task *task, int *go, fm_wire_task *next)
-{
-    *go = 1;
-    const int64_t late_ms = task->deadline_unix_ms > 0 ? unix_ms() - task->deadline_unix_ms : 0;
-    if (late_ms <= 0)
-        return FM_OK;
-    fm_wire_ref h;
-    memset(&h, 0, sizeof h);
-    snprintf(h.run_id, sizeof h.run_id, "%s", task->run_id);
-    h.round = task->round;
-    h.site = c->site;
-    FM_TRY(fm_net_heartbeat(c->net, &h, next));
-    *go = next->action == FM_ACTION_TRAIN && next->round == task->round;
-    FM_WARN("site %d: round %lld: %.1f s past its deadline, %s", c->site, (long long)task->round,
-            (double)late_ms / 1000.0,
-            *go ? "still open: pushing" : "closed without this site: the representations are not pushed");
-    return FM_OK;
-}
 
 /* Round task->round: pull the server's representations, train, push this site's; or, when the server asks again
  * for a round this site already trained (a restarted server lost the push), push the same upload again: the site's
  * model has moved on and must not train that round twice. */
-static fm_status train_round(cream_client *c, fm_wire_task *task, int *fresh)
+static fm_status train_round(void *ctx, fm_wire_task *task, int *fresh)
 {
+    cream_client *c = ctx;
     *fresh = 0;
     const fm_creamfl_options *o = c->o;
     if (task->local_steps != o->local_steps || task->n_params != c->L.P || task->rounds != o->rounds)
@@ -331,12 +224,8 @@ static fm_status train_round(cream_client *c, fm_wire_task *task, int *fresh)
         FM_WARN("site %d: the server asks for round %lld again: pushing the representations of that round once more",
                 c->site, (long long)task->round);
     } else {
-        fm_wire_ref r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.run_id, sizeof r.run_id, "%s", task->run_id);
-        r.round = task->round;
-        r.site = c->site;
-        FM_TRY(fm_net_pull_reps(c->net, &r, c->global, c->L.blocks, N_BLOCKS, fm_creamfl_block_kinds));
+        const fm_wire_ref r = fm_site_link_ref(&c->link, task);
+        FM_TRY(fm_net_pull_reps(c->link.net, &r, c->global, c->L.blocks, N_BLOCKS, fm_creamfl_block_kinds));
         FM_INFO("site %d: round %lld: training%s", c->site, (long long)task->round,
                 task->deadline_unix_ms > 0 ? " (the round has a deadline)" : "");
         fm_creamfl_site_report rep;
@@ -365,24 +254,19 @@ static fm_status train_round(cream_client *c, fm_wire_task *task, int *fresh)
         c->cached_round = task->round;
         snprintf(c->cached_run, sizeof c->cached_run, "%s", task->run_id);
     }
-    int go = 1;
-    fm_wire_task next;
-    FM_TRY(still_wanted(c, task, &go, &next));
-    if (!go) {
-        *task = next;
-        *fresh = 1;
+    FM_TRY(fm_site_link_still_wanted(&c->link, task, "the representations are not pushed", fresh));
+    if (*fresh)
         return FM_OK;
-    }
     fm_wire_reply reply;
     double bytes = 0.0;
-    FM_TRY(fm_net_push_reps(c->net, h, c->up, c->L.blocks, fm_creamfl_block_kinds, &c->codec, &reply, &bytes));
+    FM_TRY(fm_net_push_reps(c->link.net, h, c->up, c->L.blocks, fm_creamfl_block_kinds, &c->codec, &reply, &bytes));
     FM_INFO("site %d: round %lld pushed (%.0f bytes), local loss %.4f", c->site, (long long)task->round, bytes,
             h->loss);
     return FM_OK;
 }
 
 static fm_status run_site(cream_client *c, fm_cli_run *run, const char *token, const char *target,
-                          const fm_net_tls *tls)
+                          const fm_net_tls *tls, double reconnect_s)
 {
     FM_TRY(fm_creamfl_site_open(&c->cf, c->o, &run->synth, run->tok, run->device, c->site));
     fm_creamfl_wire_layout(&c->L, c->cf, c->o, &run->synth);
@@ -394,65 +278,21 @@ static fm_status run_site(cream_client *c, fm_cli_run *run, const char *token, c
     if (!c->global || !c->up || !c->header)
         return fm_error(FM_ERR_NO_MEMORY, "client: out of memory");
     FM_TRY(fm_wire_codec_check(&c->codec));
-    FM_TRY(fm_net_client_create_tls(&c->net, target, token, 120.0, tls));
-    c->jitter = fm_rng_make((uint64_t)(fm_now_seconds() * 1e9) ^ ((uint64_t)getpid() << 32), (uint64_t)c->site);
-    reachable(c);
-    fm_wire_join *j = &c->join;
-    memset(j, 0, sizeof *j);
-    j->site = c->site;
-    snprintf(j->token, sizeof j->token, "%s", token);
-    j->modalities = (uint32_t)c->modality;
-    snprintf(j->model_family, sizeof j->model_family, "%s", c->L.family);
-    j->n_params = c->L.P;
-    j->n_blocks = N_BLOCKS;
-    snprintf(j->device, sizeof j->device, "%s", run->device == FM_DEVICE_CPU ? "cpu" : "cuda");
-    fm_wire_task task;
-    memset(&task, 0, sizeof task);
-    int joined = 0;
-    for (;;) {
-        if (!joined) { /* at the start, and after every failure to reach the server */
-            FM_TRY(join(c, &task, &joined));
-            continue;
-        }
-        if (task.action == FM_ACTION_DONE) {
-            printf("site %d done: run %s, %d rounds\n", c->site, task.run_id, task.rounds);
-            return FM_OK;
-        }
-        if (task.action == FM_ACTION_TRAIN) {
-            int fresh = 0;
-            fm_status st = train_round(c, &task, &fresh);
-            const int code = fm_net_last_code(c->net);
-            if (st == FM_ERR_NETWORK && transient(c->net)) {
-                FM_TRY(wait_for_server(c));
-                joined = 0;
-                continue;
-            }
-            if (st == FM_ERR_NETWORK && (code == 6 || code == 9)) {
-                /* refused as stale (the round closed without this site) or duplicate: ask what to do now */
-                FM_WARN("site %d: round %lld refused: %s", c->site, (long long)task.round, fm_last_error());
-            } else if (st != FM_OK) {
-                return st;
-            } else if (fresh) {
-                reachable(c);
-                continue;
-            }
-        } else {
-            sleep_s(0.02);
-        }
-        fm_wire_ref h;
-        memset(&h, 0, sizeof h);
-        snprintf(h.run_id, sizeof h.run_id, "%s", task.run_id);
-        h.round = task.round;
-        h.site = c->site;
-        if (fm_net_heartbeat(c->net, &h, &task) != FM_OK) {
-            if (!transient(c->net))
-                return FM_ERR_NETWORK;
-            FM_TRY(wait_for_server(c));
-            joined = 0;
-            continue;
-        }
-        reachable(c);
-    }
+    const fm_site_link_options lo = {.site = c->site,
+                                     .reconnect_s = reconnect_s,
+                                     .target = target,
+                                     .token = token,
+                                     .tls = tls,
+                                     .modality = c->modality,
+                                     .model_family = c->L.family,
+                                     .n_params = c->L.P,
+                                     .n_blocks = N_BLOCKS,
+                                     .device = run->device,
+                                     .run_kind = "CreamFL run",
+                                     .samples = fm_creamfl_site_samples(c->cf, c->site)};
+    FM_TRY(fm_site_link_open(&c->link, &lo));
+    const fm_site_link_hooks hooks = {.on_task = NULL, .train = train_round, .ctx = c};
+    return fm_site_link_run(&c->link, &hooks);
 }
 
 int fm_cli_creamfl_client(const fm_cli_args *args, fm_cli_run *run, const char *target, int site, const char *token)
@@ -460,11 +300,7 @@ int fm_cli_creamfl_client(const fm_cli_args *args, fm_cli_run *run, const char *
     fm_creamfl_options o;
     fm_cli_net_options no;
     fm_status s = fm_cli_read_creamfl(run, args, &o, &no);
-    fm_net_tls tls = {.ca_path = no.tls_ca,
-                      .cert_path = no.tls_cert,
-                      .key_path = no.tls_key,
-                      .mtls = 0,
-                      .server_name = no.tls_server_name};
+    const fm_net_tls tls = fm_site_link_tls(&no);
     if (s == FM_OK)
         s = check_net_options(&o, &no);
     if (s == FM_OK)
@@ -472,21 +308,17 @@ int fm_cli_creamfl_client(const fm_cli_args *args, fm_cli_run *run, const char *
     if (s != FM_OK)
         return fm_cli_fail("client", "config", s);
     char derived[65];
-    const char *tok = token ? token : getenv("FEDMM_TOKEN");
-    if (!tok) {
-        s = fm_net_site_token(fm_cli_net_secret(), site, derived);
-        tok = derived;
-    }
+    const char *tok = NULL;
+    s = fm_site_link_token(token, site, derived, &tok);
     cream_client c;
     memset(&c, 0, sizeof c);
     c.o = &o;
     c.site = site;
-    c.reconnect_s = no.reconnect_s;
     c.codec = no.codec;
     if (s == FM_OK)
-        s = run_site(&c, run, tok, target, &tls);
+        s = run_site(&c, run, tok, target, &tls, no.reconnect_s);
     const int rc = s == FM_OK ? 0 : fm_cli_fail("client", "run", s);
-    fm_net_client_destroy(c.net);
+    fm_site_link_close(&c.link);
     fm_creamfl_close(c.cf);
     free(c.global);
     free(c.up);

@@ -1,8 +1,9 @@
 /* CreamFL over the control plane (docs/protocol.md, "CreamFL over the network"): what a server and its sites agree
  * on (the vector that travels, its payload kinds, the "model family" naming the configuration) and the server's
  * side, fm_creamfl_srv: a fm_fedsrv whose representation hooks (fedsrv.h) run CreamFL's rounds on a server object
- * (fm_creamfl_server_*). The gRPC loop (fm_net_serve) and the site's calls (rep_stream.h) are the transport; nothing
- * here touches gRPC, so the whole server side is testable without sockets (tests/unit/test_creamfl_net.c).
+ * (fm_creamfl_server_*). The gRPC loop (fm_net_serve) and the site's calls (fm_net_pull_reps, fm_net_push_reps in
+ * net.h) are the transport; nothing here touches gRPC, so the whole server side is testable without sockets
+ * (tests/unit/test_creamfl_net.c).
  *
  * The vector of a round is [images | texts] of the public set, |P|·d floats each. Pull sends the server's (ig, tg);
  * a site pushes its own for the modalities it holds (its other block is not sent) with the values its round measured

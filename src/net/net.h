@@ -115,14 +115,22 @@ fm_status fm_net_push_control(fm_net_client *c, const fm_wire_push_header *h, co
                               const float *control_delta, const fm_strategy_block *blocks, size_t chunk_floats,
                               fm_wire_reply *reply);
 
-/* One call of `method` on the client's channel (bearer token, call timeout, status and busy / handshake flags as for
- * the calls above): the messages produce(ctx, out) yields are sent (1 per message, 0 at the end, −1 on a local error:
- * the call is cancelled), then every reply message is handed to consume(ctx, in); a consume error cancels the call
- * and is returned. FM_ERR_NETWORK for a status other than OK. For calls built outside rpc.c (src/net/rep_stream.c). */
-typedef int (*fm_net_produce_fn)(void *ctx, fm_wire_buf *out);
-typedef fm_status (*fm_net_consume_fn)(void *ctx, const fm_wire_buf *in);
-fm_status fm_net_call(fm_net_client *c, const char *method, fm_net_produce_fn produce, fm_net_consume_fn consume,
-                      void *ctx);
+/* CreamFL's streams on a site's side (representation FL, src/net/creamfl_srv.h): the Pull of the server's
+ * representations of the public set and the Push of the site's own, one block per modality (a |P| × d matrix), every
+ * chunk stamped with its block's payload kind (FM_PAYLOAD_PUBLIC_IMAGE, FM_PAYLOAD_PUBLIC_TEXT) and checked against
+ * it on arrival. The server's side is fedsrv with its representation hooks (fedsrv.h) behind fm_net_serve.
+ *
+ * fm_net_pull_reps streams the global representations of round r->round into dst (every block, laid out by
+ * `blocks`), checking each chunk: its run, round and site, its block's payload kind (kinds, n_blocks entries), then
+ * order, sizes, finite values and the CRC per block as every tensor stream is checked (wire.h). */
+fm_status fm_net_pull_reps(fm_net_client *c, const fm_wire_ref *r, float *dst, const fm_strategy_block *blocks,
+                           size_t n_blocks, const fm_wire_payload_kind *kinds);
+/* Streams the header, then the blocks h->trained selects of vec, each chunk stamped with its block's kind and encoded
+ * with codec (NULL: float32, uncompressed). *bytes (may be NULL) gets the payload bytes handed to gRPC. FM_ERR_NETWORK
+ * unless the server accepted the push. */
+fm_status fm_net_push_reps(fm_net_client *c, const fm_wire_push_header *h, const float *vec,
+                           const fm_strategy_block *blocks, const fm_wire_payload_kind *kinds,
+                           const fm_wire_codec *codec, fm_wire_reply *reply, double *bytes);
 
 /* Sends n arbitrary messages (any bytes, e.g. garbage) to `method` ("/fedmm.Federation/Join", ...) and returns
  * the call's gRPC status code. For tests of the server's input handling. */

@@ -1216,6 +1216,8 @@ typedef struct pull_ctx {
     fm_wire_buf req;
     int sent;
     const fm_wire_ref *ref;
+    const fm_wire_payload_kind *kinds; /* representation FL: each block's payload kind; NULL: adapters */
+    size_t n_blocks;
     fm_tensor_rx rx;
     float *control;          /* SCAFFOLD: where c goes; NULL: the site expects none */
     fm_tensor_rx rx_c;       /* c's chunks, after the global vector's */
@@ -1244,7 +1246,12 @@ static fm_status pull_consume(void *ctx, const fm_wire_buf *in)
     if (strcmp(ch.run_id, p->ref->run_id) != 0 || ch.round != p->ref->round || ch.site != p->ref->site)
         st = fm_error(FM_ERR_PARSE, "Pull: a chunk of run %s round %lld site %d, expected run %s round %lld site %d",
                       ch.run_id, (long long)ch.round, ch.site, p->ref->run_id, (long long)p->ref->round, p->ref->site);
-    if (st == FM_OK && ch.kind == FM_PAYLOAD_ADAPTERS)
+    if (st == FM_OK && p->kinds && (ch.tensor >= p->n_blocks || ch.kind != p->kinds[ch.tensor]))
+        st = fm_error(FM_ERR_PARSE,
+                      "Pull: a chunk of payload %d for block %u where CreamFL's representations were expected (does "
+                      "the server run fl.algorithm creamfl?)",
+                      (int)ch.kind, ch.tensor);
+    else if (st == FM_OK && (p->kinds || ch.kind == FM_PAYLOAD_ADAPTERS))
         st = fm_tensor_rx_add(&p->rx, &ch);
     else if (st == FM_OK && ch.kind != FM_PAYLOAD_CONTROL_VARIATE)
         st = fm_error(FM_ERR_PARSE, "Pull: a chunk of payload %d in a Pull of the global vector", (int)ch.kind);
@@ -1262,26 +1269,33 @@ static fm_status pull_consume(void *ctx, const fm_wire_buf *in)
     return st;
 }
 
+/* The Pull of p->ref into dst (and p->control), laid out by `blocks`; p says what else is expected. */
+static fm_status pull(fm_net_client *c, pull_ctx *p, float *dst, const fm_strategy_block *blocks, size_t n_blocks)
+{
+    p->n_blocks = n_blocks;
+    FM_TRY(fm_wire_encode_ref(p->ref, &p->req));
+    fm_tensor_rx_init(&p->rx, dst, blocks, n_blocks, NULL);
+    if (p->control)
+        fm_tensor_rx_init(&p->rx_c, p->control, blocks, n_blocks, NULL);
+    fm_status st = client_call(c, METHOD_PULL, pull_produce, pull_consume, p);
+    fm_wire_buf_free(&p->req);
+    FM_TRY(st);
+    if (!fm_tensor_rx_complete(&p->rx))
+        return fm_error(FM_ERR_PARSE, "Pull: the stream ended at block %zu of %zu", p->rx.block, n_blocks);
+    if (p->control && !fm_tensor_rx_complete(&p->rx_c))
+        return fm_error(FM_ERR_CONFIG,
+                        "Pull: the stream ended at block %zu of %zu of the control variate (%s): a SCAFFOLD site "
+                        "needs a server that runs fl.strategy scaffold",
+                        p->rx_c.block, n_blocks, p->rx_c.block == 0 ? "none was sent" : "cut short");
+    return FM_OK;
+}
+
 fm_status fm_net_pull_paused(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
                              const fm_strategy_block *blocks, size_t n_blocks, size_t after_chunks,
                              void (*paused)(void *ctx), void *ctx)
 {
     pull_ctx p = {.ref = r, .control = control, .pause_after = after_chunks, .paused = paused, .pause_ctx = ctx};
-    FM_TRY(fm_wire_encode_ref(r, &p.req));
-    fm_tensor_rx_init(&p.rx, dst, blocks, n_blocks, NULL);
-    if (control)
-        fm_tensor_rx_init(&p.rx_c, control, blocks, n_blocks, NULL);
-    fm_status st = client_call(c, METHOD_PULL, pull_produce, pull_consume, &p);
-    fm_wire_buf_free(&p.req);
-    FM_TRY(st);
-    if (!fm_tensor_rx_complete(&p.rx))
-        return fm_error(FM_ERR_PARSE, "Pull: the stream ended at block %zu of %zu", p.rx.block, n_blocks);
-    if (control && !fm_tensor_rx_complete(&p.rx_c))
-        return fm_error(FM_ERR_CONFIG,
-                        "Pull: the stream ended at block %zu of %zu of the control variate (%s): a SCAFFOLD site "
-                        "needs a server that runs fl.strategy scaffold",
-                        p.rx_c.block, n_blocks, p.rx_c.block == 0 ? "none was sent" : "cut short");
-    return FM_OK;
+    return pull(c, &p, dst, blocks, n_blocks);
 }
 
 fm_status fm_net_pull_control(fm_net_client *c, const fm_wire_ref *r, float *dst, float *control,
@@ -1294,6 +1308,13 @@ fm_status fm_net_pull(fm_net_client *c, const fm_wire_ref *r, float *dst, const 
                       size_t n_blocks)
 {
     return fm_net_pull_control(c, r, dst, NULL, blocks, n_blocks);
+}
+
+fm_status fm_net_pull_reps(fm_net_client *c, const fm_wire_ref *r, float *dst, const fm_strategy_block *blocks,
+                           size_t n_blocks, const fm_wire_payload_kind *kinds)
+{
+    pull_ctx p = {.ref = r, .kinds = kinds};
+    return pull(c, &p, dst, blocks, n_blocks);
 }
 
 typedef struct push_ctx {
@@ -1335,34 +1356,58 @@ static fm_status push_consume(void *ctx, const fm_wire_buf *in)
     return fm_wire_decode_reply(in->data, in->len, p->reply);
 }
 
-fm_status fm_net_push_control(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
-                              const float *control_delta, const fm_strategy_block *blocks, size_t chunk_floats,
-                              fm_wire_reply *reply)
+/* The Push of h and the blocks h->trained selects of vec, then (control_delta not NULL) the same blocks of
+ * control_delta as the control variate, encoded with codec; kinds (NULL: adapters) stamps each block's chunks with
+ * its own payload kind. `what` names vec when the server refuses the push; *bytes gets the payload bytes sent. */
+static fm_status push(fm_net_client *c, const fm_wire_push_header *h, const float *vec, const float *control_delta,
+                      const fm_strategy_block *blocks, size_t chunk_floats, const fm_wire_codec *codec,
+                      const fm_wire_payload_kind *kinds, const char *what, fm_wire_reply *reply, double *bytes)
 {
     push_ctx p = {.h = h, .reply = reply, .has_c = control_delta != NULL};
-    fm_tensor_tx_init(&p.tx, delta, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round, h->site);
-    fm_tensor_tx_set_codec(&p.tx, &c->codec);
+    fm_tensor_tx_init(&p.tx, vec, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round, h->site);
+    fm_tensor_tx_set_codec(&p.tx, codec);
+    p.tx.block_kinds = kinds;
     if (control_delta) {
         fm_tensor_tx_init(&p.tx_c, control_delta, blocks, h->n_blocks, h->trained, chunk_floats, h->run_id, h->round,
                           h->site);
-        fm_tensor_tx_set_codec(&p.tx_c, &c->codec);
+        fm_tensor_tx_set_codec(&p.tx_c, codec);
         p.tx_c.kind = FM_PAYLOAD_CONTROL_VARIATE;
     }
     fm_status st = client_call(c, METHOD_PUSH, push_produce, push_consume, &p);
     fm_tensor_tx_free(&p.tx);
     if (control_delta)
         fm_tensor_tx_free(&p.tx_c);
-    c->last_push_bytes = p.bytes;
+    *bytes = p.bytes;
     FM_TRY(st);
     if (!p.got || !reply->accepted)
-        return fm_error(FM_ERR_NETWORK, "Push: the server did not accept the update");
+        return fm_error(FM_ERR_NETWORK, "Push: the server did not accept the %s", what);
     return FM_OK;
+}
+
+fm_status fm_net_push_control(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
+                              const float *control_delta, const fm_strategy_block *blocks, size_t chunk_floats,
+                              fm_wire_reply *reply)
+{
+    return push(c, h, delta, control_delta, blocks, chunk_floats, &c->codec, NULL, "update", reply,
+                &c->last_push_bytes);
 }
 
 fm_status fm_net_push(fm_net_client *c, const fm_wire_push_header *h, const float *delta,
                       const fm_strategy_block *blocks, size_t chunk_floats, fm_wire_reply *reply)
 {
     return fm_net_push_control(c, h, delta, NULL, blocks, chunk_floats, reply);
+}
+
+fm_status fm_net_push_reps(fm_net_client *c, const fm_wire_push_header *h, const float *vec,
+                           const fm_strategy_block *blocks, const fm_wire_payload_kind *kinds,
+                           const fm_wire_codec *codec, fm_wire_reply *reply, double *bytes)
+{
+    double sent = 0.0;
+    memset(reply, 0, sizeof *reply);
+    const fm_status st = push(c, h, vec, NULL, blocks, 0, codec, kinds, "representations", reply, &sent);
+    if (bytes)
+        *bytes = sent;
+    return st;
 }
 
 typedef struct raw_ctx {
@@ -1451,10 +1496,4 @@ int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_bu
     grpc_slice_unref(md.value);
     grpc_call_unref(call);
     return c->last_code;
-}
-
-fm_status fm_net_call(fm_net_client *c, const char *method, fm_net_produce_fn produce, fm_net_consume_fn consume,
-                      void *ctx)
-{
-    return client_call(c, method, produce, consume, ctx);
 }

@@ -32,46 +32,15 @@ int main(void) { return fm_gpu_test_no_device("gpu.aggregate", "this fedmm was b
 
 /* ---- helpers ---------------------------------------------------------------------------------------------- */
 
-static float *dev_alloc(size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, (n ? n : 1) * sizeof(float)));
-    return d;
-}
-
-/* n floats of NaN (all bits set). */
-static float *dev_poisoned(size_t n)
-{
-    float *d = dev_alloc(n);
-    FM_CHECK_OK(fm_cuda_memset(d, 0xff, n * sizeof(float)));
-    return d;
-}
-
-static float *download(const float *d, size_t n)
-{
-    float *h = fm_test_alloc((n ? n : 1) * sizeof(float));
-    FM_CHECK_OK(fm_cuda_memcpy(h, d, n * sizeof(float), 1));
-    return h;
-}
-
-/* Bit-for-bit equality of two floats (memcmp on floats is what clang-tidy rightly distrusts). */
-static int same_bits(float a, float b)
-{
-    uint32_t x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    return x == y;
-}
-
 /* Every element within the fp32 bound; prints how many differ in any bit. */
 static void expect_match(const char *what, const float *dev, const float *cpu, size_t n)
 {
-    float *got = download(dev, n);
+    float *got = fm_test_dev_download(dev, n);
     double *want = fm_test_alloc(n * sizeof(double));
     fm_test_to_double(want, cpu, n);
     size_t differ = 0;
     for (size_t i = 0; i < n; i++)
-        differ += !same_bits(got[i], cpu[i]);
+        differ += !fm_test_same_bits(got[i], cpu[i]);
     printf("  %-52s n = %-7zu %zu of %zu elements not bit-identical\n", what, n, differ, n);
     fm_test_assert_close(what, got, want, n, RTOL, ATOL);
     free(want);
@@ -93,7 +62,7 @@ static void updates_make(updates *x, fm_rng *rng, size_t k, size_t n)
     x->n = n;
     x->u = fm_test_alloc(k * sizeof(float *));
     x->d = fm_test_alloc(k * sizeof(float *));
-    x->dbase = dev_alloc(k * (n + 1) + 1);
+    x->dbase = fm_test_dev_alloc(k * (n + 1) + 1);
     for (size_t q = 0; q < k; q++) {
         x->u[q] = fm_test_alloc(n * sizeof(float));
         fm_test_fill(rng, x->u[q], n, -1.0f, 1.0f);
@@ -188,7 +157,7 @@ static void test_weighted_sum_and_mean(void **state)
             float *ref = fm_test_alloc(n * sizeof(float));
             char what[96];
             /* out = Σ w x */
-            float *d_out = dev_poisoned(n);
+            float *d_out = fm_test_dev_poisoned(n);
             FM_CHECK_OK(fm_agg_weighted_sum(ref, (const float *const *)x.u, w, k, n));
             FM_CHECK_OK(fm_cuda_agg_weighted_sum(d_out, x.d, w, k, n, 0));
             snprintf(what, sizeof what, "weighted sum, K = %zu", k);
@@ -245,7 +214,7 @@ static void test_median_trimmed_mean(void **state)
             updates x;
             updates_make(&x, &rng, k, n);
             float *ref = fm_test_alloc(n * sizeof(float));
-            float *d_out = dev_poisoned(n);
+            float *d_out = fm_test_dev_poisoned(n);
             char what[96];
             FM_CHECK_OK(fm_agg_median(ref, (const float *const *)x.u, k, n));
             FM_CHECK_OK(fm_cuda_agg_median(d_out, x.d, k, n));
@@ -293,7 +262,7 @@ static void test_median_trimmed_mean(void **state)
     updates x;
     updates_make(&x, &rng, FM_CUDA_AGG_SORT_MAX_K, 333);
     float *ref = fm_test_alloc(333 * sizeof(float));
-    float *d_out = dev_poisoned(333);
+    float *d_out = fm_test_dev_poisoned(333);
     FM_CHECK_OK(fm_agg_trimmed_mean(ref, (const float *const *)x.u, x.k, 333, 0.1));
     FM_CHECK_OK(fm_cuda_agg_trimmed_mean(d_out, x.d, x.k, 333, 0.1));
     expect_match("trimmed mean 0.10, K = 1024", d_out, ref, 333);
@@ -364,7 +333,7 @@ static void test_check_norm_and_scaling(void **state)
         const size_t n = NS[b];
         float *x = fm_test_alloc(n * sizeof(float));
         fm_test_fill(&rng, x, n, -2.0f, 2.0f);
-        float *d = dev_alloc(n);
+        float *d = fm_test_dev_alloc(n);
         FM_CHECK_OK(fm_cuda_memcpy(d, x, n * sizeof(float), 0));
         double want = 0.0, ss = -1.0;
         for (size_t i = 0; i < n; i++)
@@ -387,7 +356,7 @@ static void test_check_norm_and_scaling(void **state)
             FM_CHECK_OK(fm_cuda_memcpy(d, x, n * sizeof(float), 0));
         }
         /* scalings: the robust rules' clipped copy (in double) and the FedAvg family's step (in float) */
-        float *ref = fm_test_alloc(n * sizeof(float)), *d_out = dev_poisoned(n);
+        float *ref = fm_test_alloc(n * sizeof(float)), *d_out = fm_test_dev_poisoned(n);
         const double scale = 0.3711;
         for (size_t i = 0; i < n; i++)
             ref[i] = (float)(scale * x[i]);
@@ -407,9 +376,9 @@ static void test_check_norm_and_scaling(void **state)
     }
     /* the benchmark's inputs: inside [lo, hi), not all the same */
     const size_t n = 10007;
-    float *d = dev_poisoned(n);
+    float *d = fm_test_dev_poisoned(n);
     FM_CHECK_OK(fm_cuda_agg_fill_uniform(d, n, 42, -1.0f, 1.0f));
-    float *h = download(d, n);
+    float *h = fm_test_dev_download(d, n);
     float lo = h[0], hi = h[0];
     for (size_t i = 0; i < n; i++) {
         if (!(h[i] >= -1.0f && h[i] < 1.0f))
@@ -449,7 +418,7 @@ static void test_site_correction(void **state)
         at += blocks[b].numel;
     }
     const fm_strategy_kind kinds[3] = {FM_STRATEGY_FEDPROX, FM_STRATEGY_ADAPTIVE_REG, FM_STRATEGY_SCAFFOLD};
-    float *d_grad = dev_alloc(n), *d_theta = dev_alloc(n);
+    float *d_grad = fm_test_dev_alloc(n), *d_theta = fm_test_dev_alloc(n);
     FM_CHECK_OK(fm_cuda_memcpy(d_theta, theta, n * sizeof(float), 0));
     for (int i = 0; i < 3; i++) {
         fm_strategy_config cfg = fm_strategy_default_config(kinds[i]);
@@ -489,12 +458,6 @@ static void test_site_correction(void **state)
     free(ck);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {
@@ -509,7 +472,8 @@ int main(void)
         cmocka_unit_test(test_pairwise_distances),    cmocka_unit_test(test_check_norm_and_scaling),
         cmocka_unit_test(test_site_correction),
     };
-    failed += cmocka_run_group_tests_name("aggregation kernels vs CPU reference", device_tests, NULL, teardown_device);
+    failed +=
+        cmocka_run_group_tests_name("aggregation kernels vs CPU reference", device_tests, NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -18,19 +18,6 @@
 
 #define TOL 1e-5
 
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static void corrected_case(fm_strategy_kind kind)
 {
     printf("%s corrections, fp32\n", fm_strategy_name(kind));
@@ -95,7 +82,8 @@ static void corrected_case(fm_strategy_kind kind)
         fm_local_task bare = task;
         bare.strategy = NULL;
         FM_CHECK_OK(fm_site_train(tc, &sites[k], &bare, start, plain, &lp));
-        const double dl = fabs(lg - lc) / fabs(lc), dw = rel_l2(og, oc, P), effect = rel_l2(oc, plain, P);
+        const double dl = fabs(lg - lc) / fabs(lc), dw = fm_test_rel_l2(og, oc, P),
+                     effect = fm_test_rel_l2(oc, plain, P);
         printf("  site %d: mean loss %.6f vs %.6f (%.2e), trained vector %.2e (bound %.0e); the correction moved it "
                "by %.2e\n",
                k, lg, lc, dl, dw, TOL, effect);

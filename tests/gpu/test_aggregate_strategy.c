@@ -102,22 +102,13 @@ static fm_site_update update_of(const fixture *f, int k)
                             .control_delta = f->dc[k]};
 }
 
-/* Bit-for-bit equality of two floats (memcmp on floats is what clang-tidy rightly distrusts). */
-static int same_bits(float a, float b)
-{
-    uint32_t x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    return x == y;
-}
-
 static void expect_vectors(const char *what, const float *gpu, const float *cpu, size_t n)
 {
     double *want = fm_test_alloc(n * sizeof(double));
     fm_test_to_double(want, cpu, n);
     size_t differ = 0;
     for (size_t i = 0; i < n; i++)
-        differ += !same_bits(gpu[i], cpu[i]);
+        differ += !fm_test_same_bits(gpu[i], cpu[i]);
     printf("    %-44s %zu of %zu coordinates not bit-identical\n", what, differ, n);
     fm_test_assert_close(what, gpu, want, n, RTOL, ATOL);
     free(want);
@@ -311,12 +302,6 @@ static void test_krum_too_few(void **state)
     fixture_free(&f);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {
@@ -331,8 +316,8 @@ int main(void)
         cmocka_unit_test(test_all_kinds_clipped),
         cmocka_unit_test(test_krum_too_few),
     };
-    failed +=
-        cmocka_run_group_tests_name("strategies on the GPU vs the CPU, 3 rounds", device_tests, NULL, teardown_device);
+    failed += cmocka_run_group_tests_name("strategies on the GPU vs the CPU, 3 rounds", device_tests, NULL,
+                                          fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -28,6 +28,7 @@ int main(void)
 
 #else
 
+#include "creamfl_ref.h"
 #include "fedmm/creamfl.h"
 #include "fl/creamfl_cuda.h"
 
@@ -42,58 +43,6 @@ int main(void)
 
 /* ---- helpers ---------------------------------------------------------------------------------------------- */
 
-/* Random rows of norm `norm` (CreamFL's representations are L2-normalised; norm 3 stresses the running maximum). */
-static float *rand_rows(fm_rng *rng, size_t n, size_t d, float norm)
-{
-    float *x = fm_test_alloc(n * d * sizeof(float));
-    fm_test_fill(rng, x, n * d, -1.0f, 1.0f);
-    for (size_t i = 0; i < n; i++) {
-        double s = 0.0;
-        for (size_t e = 0; e < d; e++)
-            s += (double)x[i * d + e] * x[i * d + e];
-        for (size_t e = 0; e < d; e++)
-            x[i * d + e] = (float)(norm * x[i * d + e] / sqrt(s));
-    }
-    return x;
-}
-
-static float *dev_alloc(size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, (n ? n : 1) * sizeof(float)));
-    return d;
-}
-
-static float *upload(const float *h, size_t n)
-{
-    float *d = dev_alloc(n);
-    FM_CHECK_OK(fm_cuda_memcpy(d, h, n * sizeof(float), 0));
-    return d;
-}
-
-/* n floats of NaN (all bits set). */
-static float *dev_poisoned(size_t n)
-{
-    float *d = dev_alloc(n);
-    FM_CHECK_OK(fm_cuda_memset(d, 0xff, n * sizeof(float)));
-    return d;
-}
-
-static float *download(const float *d, size_t n)
-{
-    float *h = fm_test_alloc((n ? n : 1) * sizeof(float));
-    FM_CHECK_OK(fm_cuda_memcpy(h, d, n * sizeof(float), 1));
-    return h;
-}
-
-static int same_bits(float a, float b)
-{
-    uint32_t x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    return x == y;
-}
-
 /* got (host copy of the GPU's) against the CPU's float results; prints how many differ in any bit. */
 static void expect_cpu(const char *what, const float *got, const float *cpu, size_t n, double rtol, double atol)
 {
@@ -101,46 +50,10 @@ static void expect_cpu(const char *what, const float *got, const float *cpu, siz
     fm_test_to_double(want, cpu, n);
     size_t differ = 0;
     for (size_t i = 0; i < n; i++)
-        differ += !same_bits(got[i], cpu[i]);
+        differ += !fm_test_same_bits(got[i], cpu[i]);
     const double rel = fm_test_assert_close(what, got, want, n, rtol, atol);
     printf("  %-78s %7zu of %7zu not bit-identical, max rel %.2g\n", what, differ, n, rel);
     free(want);
-}
-
-/* The float64 reference: scores (K, n), weights (K, n), agg (n, d), with a full n×n matrix per site. */
-static void naive(const float *const *reps, int K, const float *g, size_t n, size_t d, double *scores, double *w,
-                  double *agg)
-{
-    double *logits = fm_test_alloc(n * n * sizeof(double));
-    for (int k = 0; k < K; k++) {
-        for (size_t p = 0; p < n; p++)
-            for (size_t j = 0; j < n; j++) {
-                double s = 0.0;
-                for (size_t e = 0; e < d; e++)
-                    s += (double)reps[k][p * d + e] * (double)g[j * d + e];
-                logits[p * n + j] = s;
-            }
-        for (size_t p = 0; p < n; p++) {
-            double sum = 0.0;
-            for (size_t j = 0; j < n; j++)
-                sum += exp(logits[p * n + j]);
-            scores[(size_t)k * n + p] = logits[p * n + p] - log(sum);
-        }
-    }
-    free(logits);
-    for (size_t p = 0; p < n; p++) {
-        double sum = 0.0;
-        for (int k = 0; k < K; k++)
-            sum += exp(scores[(size_t)k * n + p]);
-        for (int k = 0; k < K; k++)
-            w[(size_t)k * n + p] = exp(scores[(size_t)k * n + p]) / sum;
-        for (size_t e = 0; e < d; e++) {
-            double a = 0.0;
-            for (int k = 0; k < K; k++)
-                a += w[(size_t)k * n + p] * reps[k][p * d + e];
-            agg[p * d + e] = a;
-        }
-    }
 }
 
 /* One modality's ensemble of K sites (host reps, host global) on the GPU three ways — fm_creamfl_ensemble_dev, the
@@ -160,23 +73,23 @@ static void check_modality(const float *const *reps, int K, const float *g, size
     const float *d_reps[16];
     assert_true(K <= 16);
     for (int k = 0; k < K; k++)
-        d_reps[k] = upload(reps[k], nd);
-    float *d_g = upload(g, nd);
+        d_reps[k] = fm_test_dev_upload(reps[k], nd);
+    float *d_g = fm_test_dev_upload(g, nd);
     const char *pn = prec == FM_CREAMFL_BF16 ? "bf16" : "fp32";
 
     /* 1. fm_creamfl_ensemble_dev */
-    float *d_agg = dev_poisoned(nd), *d_w = dev_poisoned(kn);
+    float *d_agg = fm_test_dev_poisoned(nd), *d_w = fm_test_dev_poisoned(kn);
     FM_CHECK_OK(fm_creamfl_ensemble_dev(FM_DEVICE_CUDA, prec, d_reps, K, d_g, n, d, t, 0, d_agg, d_w));
-    float *agg = download(d_agg, nd), *w = download(d_w, kn);
+    float *agg = fm_test_dev_download(d_agg, nd), *w = fm_test_dev_download(d_w, kn);
     /* 2. the workspace: scores alone, then the fusion turning them into weights */
     fm_creamfl_cuda_ws *ws = NULL;
     FM_CHECK_OK(fm_creamfl_cuda_ws_create(&ws, K, n, d, t, prec));
-    float *d_s = dev_poisoned(kn);
+    float *d_s = fm_test_dev_poisoned(kn);
     FM_CHECK_OK(fm_creamfl_cuda_scores(ws, d_reps, K, d_g, d_s));
-    float *scores = download(d_s, kn);
+    float *scores = fm_test_dev_download(d_s, kn);
     FM_CHECK_OK(fm_cuda_memset(d_agg, 0xff, nd * sizeof(float)));
     FM_CHECK_OK(fm_creamfl_cuda_fuse(ws, d_reps, K, d_s, d_agg));
-    float *w2 = download(d_s, kn), *agg2 = download(d_agg, nd);
+    float *w2 = fm_test_dev_download(d_s, kn), *agg2 = fm_test_dev_download(d_agg, nd);
     fm_creamfl_cuda_ws_destroy(ws);
     if (inexact) {
         double worst = 0.0;
@@ -212,7 +125,7 @@ static void check_modality(const float *const *reps, int K, const float *g, size
         if (n <= NAIVE_MAX_N) {
             double *ws_ = fm_test_alloc(kn * sizeof(double)), *ww = fm_test_alloc(kn * sizeof(double));
             double *wa = fm_test_alloc(nd * sizeof(double));
-            naive(reps, K, g, n, d, ws_, ww, wa);
+            fm_test_creamfl_naive(reps, K, g, n, d, ws_, ww, wa);
             snprintf(label, sizeof label, "%s %s scores vs float64", what, pn);
             fm_test_assert_close(label, scores, ws_, kn, 1e-5, 2e-5);
             snprintf(label, sizeof label, "%s %s weights vs float64", what, pn);
@@ -264,14 +177,14 @@ static void run_federation(uint64_t stream, const char *kinds, size_t n, size_t 
                            const fm_creamfl_tiles *tiles, size_t ntiles, fm_creamfl_precision prec, int bf16_inputs)
 {
     fm_rng rng = fm_rng_make(fm_test_seed(), stream);
-    float *ig = rand_rows(&rng, n, d, norm), *tg = rand_rows(&rng, n, d, norm);
+    float *ig = fm_test_rows(&rng, n, d, norm), *tg = fm_test_rows(&rng, n, d, norm);
     const float *ri[16], *rt[16];
     int Ki = 0, Kt = 0;
     for (const char *s = kinds; *s; s++) {
         if (*s == 'P' || *s == 'I')
-            ri[Ki++] = rand_rows(&rng, n, d, norm);
+            ri[Ki++] = fm_test_rows(&rng, n, d, norm);
         if (*s == 'P' || *s == 'T')
-            rt[Kt++] = rand_rows(&rng, n, d, norm);
+            rt[Kt++] = fm_test_rows(&rng, n, d, norm);
     }
     if (bf16_inputs) {
         fm_creamfl_round_bf16(ig, n * d);
@@ -292,7 +205,7 @@ static void run_federation(uint64_t stream, const char *kinds, size_t n, size_t 
             check_modality(rt, Kt, ig, n, d, tiles[i], prec, inexact, what);
     }
     if (Ki == 0 || Kt == 0) { /* the missing modality: nothing to fuse, and asking is an error */
-        float *agg = dev_alloc(n * d);
+        float *agg = fm_test_dev_alloc(n * d);
         const float *none[1] = {NULL};
         assert_int_equal(fm_creamfl_ensemble_dev(FM_DEVICE_CUDA, prec, none, 0, ig, n, d, tiles[0], 0, agg, NULL),
                          FM_ERR_INVALID_ARG);
@@ -396,17 +309,18 @@ static void test_plain_mean(void **state)
     const size_t n = 23, d = 6, nd = n * d;
     const int K = 3;
     const fm_creamfl_tiles t = {0, 0};
-    float *g = rand_rows(&rng, n, d, 1.0f);
+    float *g = fm_test_rows(&rng, n, d, 1.0f);
     const float *reps[3], *d_reps[3];
     for (int k = 0; k < K; k++) {
-        reps[k] = rand_rows(&rng, n, d, 1.0f);
-        d_reps[k] = upload(reps[k], nd);
+        reps[k] = fm_test_rows(&rng, n, d, 1.0f);
+        d_reps[k] = fm_test_dev_upload(reps[k], nd);
     }
     float *c_agg = fm_test_alloc(nd * sizeof(float)), *c_w = fm_test_alloc((size_t)K * n * sizeof(float));
     FM_CHECK_OK(fm_creamfl_ensemble(reps, K, g, n, d, t, 1, c_agg, c_w));
-    float *d_g = upload(g, nd), *d_agg = dev_poisoned(nd), *d_w = dev_poisoned((size_t)K * n);
+    float *d_g = fm_test_dev_upload(g, nd), *d_agg = fm_test_dev_poisoned(nd),
+          *d_w = fm_test_dev_poisoned((size_t)K * n);
     FM_CHECK_OK(fm_creamfl_ensemble_dev(FM_DEVICE_CUDA, FM_CREAMFL_FP32, d_reps, K, d_g, n, d, t, 1, d_agg, d_w));
-    float *agg = download(d_agg, nd), *w = download(d_w, (size_t)K * n);
+    float *agg = fm_test_dev_download(d_agg, nd), *w = fm_test_dev_download(d_w, (size_t)K * n);
     expect_cpu("plain mean: fused", agg, c_agg, nd, RTOL, ATOL_AGG);
     expect_cpu("plain mean: weights", w, c_w, (size_t)K * n, RTOL, ATOL_W);
     /* the fusion alone, no scores: the same */
@@ -414,7 +328,7 @@ static void test_plain_mean(void **state)
     FM_CHECK_OK(fm_creamfl_cuda_ws_create(&ws, K, n, d, t, FM_CREAMFL_FP32));
     FM_CHECK_OK(fm_cuda_memset(d_agg, 0xff, nd * sizeof(float)));
     FM_CHECK_OK(fm_creamfl_cuda_fuse(ws, d_reps, K, NULL, d_agg));
-    float *agg2 = download(d_agg, nd);
+    float *agg2 = fm_test_dev_download(d_agg, nd);
     assert_memory_equal(agg2, agg, nd * sizeof(float));
     fm_creamfl_cuda_ws_destroy(ws);
     free(agg2);
@@ -440,12 +354,12 @@ static void test_workspace_reuse_is_deterministic(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 13);
     const size_t n = 300, d = 48, nd = n * d;
     const fm_creamfl_tiles t = {64, 96};
-    float *g = rand_rows(&rng, n, d, 1.0f);
-    float *d_g = upload(g, nd);
+    float *g = fm_test_rows(&rng, n, d, 1.0f);
+    float *d_g = fm_test_dev_upload(g, nd);
     const float *d_reps[4];
     for (int k = 0; k < 4; k++) {
-        float *h = rand_rows(&rng, n, d, 1.0f);
-        d_reps[k] = upload(h, nd);
+        float *h = fm_test_rows(&rng, n, d, 1.0f);
+        d_reps[k] = fm_test_dev_upload(h, nd);
         free(h);
     }
     fm_creamfl_cuda_ws *ws = NULL;
@@ -453,13 +367,13 @@ static void test_workspace_reuse_is_deterministic(void **state)
     size_t tr = 0, tc = 0;
     fm_creamfl_cuda_ws_tiles(ws, &tr, &tc);
     assert_true(tr == 64 && tc == 96 && fm_creamfl_cuda_ws_bytes(ws) >= 64 * 96 * sizeof(float));
-    float *d_agg = dev_alloc(nd), *d_w = dev_alloc(3 * n);
+    float *d_agg = fm_test_dev_alloc(nd), *d_w = fm_test_dev_alloc(3 * n);
     float *first[2] = {NULL, NULL};
     for (int rep = 0; rep < 2; rep++)
         for (int K = 2; K <= 3; K++) {
             FM_CHECK_OK(fm_cuda_memset(d_agg, 0xff, nd * sizeof(float)));
             FM_CHECK_OK(fm_creamfl_cuda_ensemble(ws, d_reps, K, d_g, 0, d_agg, NULL));
-            float *agg = download(d_agg, nd);
+            float *agg = fm_test_dev_download(d_agg, nd);
             if (rep == 0) {
                 first[K - 2] = agg;
             } else {
@@ -479,12 +393,6 @@ static void test_workspace_reuse_is_deterministic(void **state)
         fm_cuda_free((void *)d_reps[k]);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {
@@ -501,7 +409,8 @@ int main(void)
         cmocka_unit_test(test_plain_mean),
         cmocka_unit_test(test_workspace_reuse_is_deterministic),
     };
-    failed += cmocka_run_group_tests_name("creamfl ensemble on cuda vs the CPU", device_tests, NULL, teardown_device);
+    failed +=
+        cmocka_run_group_tests_name("creamfl ensemble on cuda vs the CPU", device_tests, NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

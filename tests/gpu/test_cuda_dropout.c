@@ -19,23 +19,6 @@ int main(void) { return fm_gpu_test_no_device("gpu.cuda_dropout", "this fedmm wa
 #include "../../cuda/runtime.h"
 #include "../../kernels/cuda_ops.h"
 
-static float *dev_upload(const float *h, size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, n * sizeof(float)));
-    FM_CHECK_OK(fm_cuda_memcpy(d, h, n * sizeof(float), 0));
-    return d;
-}
-
-/* n floats, every one NaN, so an element the kernel skips shows. */
-static float *dev_poisoned(size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, n * sizeof(float)));
-    FM_CHECK_OK(fm_cuda_memset(d, 0xff, n * sizeof(float)));
-    return d;
-}
-
 static void expect_bits(const char *what, const float *dev, const float *cpu, size_t n)
 {
     float *got = fm_test_alloc(n * sizeof(float));
@@ -79,8 +62,9 @@ static void test_forward_backward_bits(void **state)
         fm_test_fill(&rng, x, n, -2.0f, 2.0f);
         fm_test_fill(&rng, dinp, n, -1.0f, 1.0f);
         fm_test_fill(&rng, dout, n, -1.0f, 1.0f);
-        float *dx = dev_upload(x, n), *dout_d = dev_upload(dout, n), *ddinp = dev_upload(dinp, n);
-        float *dout_fwd = dev_poisoned(n), *dmask = dev_poisoned(n);
+        float *dx = fm_test_dev_upload(x, n), *dout_d = fm_test_dev_upload(dout, n),
+              *ddinp = fm_test_dev_upload(dinp, n);
+        float *dout_fwd = fm_test_dev_poisoned(n), *dmask = fm_test_dev_poisoned(n);
         fm_cpu_dropout_forward(out, mask, x, n, p, seed, stream);
         FM_CHECK_OK(fm_cuda_dropout_forward(dout_fwd, dmask, dx, n, p, seed, stream));
         expect_bits("dropout mask", dmask, mask, n);
@@ -115,7 +99,7 @@ static void test_dispatch(void **state)
     float x[5 * 7 * 9], out[5 * 7 * 9], mask[5 * 7 * 9];
     fm_test_fill(&rng, x, n, -1.0f, 1.0f);
     fm_cpu_dropout_forward(out, mask, x, n, 0.25f, 99, 7);
-    float *dx = dev_upload(x, n), *dout = dev_poisoned(n), *dmask = dev_poisoned(n);
+    float *dx = fm_test_dev_upload(x, n), *dout = fm_test_dev_poisoned(n), *dmask = fm_test_dev_poisoned(n);
     fm_tensor tx, to, tm;
     FM_CHECK_OK(fm_tensor_view(&tx, dx, n * sizeof(float), 0, FM_F32, FM_DEVICE_CUDA, 3, shape));
     FM_CHECK_OK(fm_tensor_view(&to, dout, n * sizeof(float), 0, FM_F32, FM_DEVICE_CUDA, 3, shape));
@@ -126,12 +110,6 @@ static void test_dispatch(void **state)
     fm_cuda_free(dx);
     fm_cuda_free(dout);
     fm_cuda_free(dmask);
-}
-
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
 }
 
 int main(void)
@@ -147,8 +125,8 @@ int main(void)
         cmocka_unit_test(test_forward_backward_bits),
         cmocka_unit_test(test_dispatch),
     };
-    failed +=
-        cmocka_run_group_tests_name("cuda dropout vs CPU reference, bit for bit", device_tests, NULL, teardown_device);
+    failed += cmocka_run_group_tests_name("cuda dropout vs CPU reference, bit for bit", device_tests, NULL,
+                                          fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -37,60 +37,9 @@ static const size_t sizes[] = {1, 1000, 100003, 1048579};
 
 /* ---- host helpers ------------------------------------------------------------------------------------ */
 
-static float *host_random(fm_rng *rng, size_t n, float lo, float hi)
-{
-    float *x = fm_test_alloc(n * sizeof(float));
-    fm_test_fill(rng, x, n, lo, hi);
-    return x;
-}
-
-static float *host_copy(const float *x, size_t n)
-{
-    float *y = fm_test_alloc(n * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
-
-static float *dev_upload(const float *h, size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, n * sizeof(float)));
-    FM_CHECK_OK(fm_cuda_memcpy(d, h, n * sizeof(float), 0));
-    return d;
-}
-
-/* A device buffer of n floats, every one NaN (all bits set), so an element the kernel skips shows. */
-static float *dev_poisoned(size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, n * sizeof(float)));
-    FM_CHECK_OK(fm_cuda_memset(d, 0xff, n * sizeof(float)));
-    return d;
-}
-
-static float *download(const float *d, size_t n)
-{
-    float *h = fm_test_alloc(n * sizeof(float));
-    FM_CHECK_OK(fm_cuda_memcpy(h, d, n * sizeof(float), 1));
-    return h;
-}
-
-/* Compares a device result against the CPU's float result. */
-static void expect_close(const char *what, size_t n, const float *dev, const float *cpu, double rtol, double atol)
-{
-    float *got = download(dev, n);
-    double *want = fm_test_alloc(n * sizeof(double));
-    fm_test_to_double(want, cpu, n);
-    char label[128];
-    snprintf(label, sizeof label, "%s (n = %zu)", what, n);
-    fm_test_assert_close(label, got, want, n, rtol, atol);
-    free(want);
-    free(got);
-}
-
 static void expect_equal(const char *what, size_t n, const float *dev, const float *cpu)
 {
-    float *got = download(dev, n);
+    float *got = fm_test_dev_download(dev, n);
     for (size_t i = 0; i < n; i++) {
         uint32_t g, c;
         memcpy(&g, &got[i], sizeof g);
@@ -105,7 +54,7 @@ static void expect_equal(const char *what, size_t n, const float *dev, const flo
  * overflows) written over the first elements when there is room. */
 static float *activation_input(fm_rng *rng, size_t n)
 {
-    float *x = host_random(rng, n, -6.0f, 6.0f);
+    float *x = fm_test_random(rng, n, -6.0f, 6.0f);
     static const float tails[] = {-20.0f, -10.0f, -0.7518f, 10.0f, 20.0f};
     for (size_t i = 0; i < sizeof tails / sizeof tails[0] && i + 1 < n; i++)
         x[i] = tails[i];
@@ -155,10 +104,10 @@ static void test_residual_forward(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 201);
     for (size_t s = 0; s < NSIZES; s++) {
         size_t n = sizes[s];
-        float *a = host_random(&rng, n, -2.0f, 2.0f), *b = host_random(&rng, n, -2.0f, 2.0f);
+        float *a = fm_test_random(&rng, n, -2.0f, 2.0f), *b = fm_test_random(&rng, n, -2.0f, 2.0f);
         float *ref = fm_test_alloc(n * sizeof(float));
         fm_cpu_residual_forward(ref, a, b, n);
-        float *da = dev_upload(a, n), *db = dev_upload(b, n), *dout = dev_poisoned(n);
+        float *da = fm_test_dev_upload(a, n), *db = fm_test_dev_upload(b, n), *dout = fm_test_dev_poisoned(n);
         FM_CHECK_OK(fm_cuda_residual_forward(dout, da, db, n));
         expect_equal("residual_forward", n, dout, ref);
         /* In place, out = a, as a residual stream does. */
@@ -179,13 +128,13 @@ static void test_residual_backward(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 202);
     for (size_t s = 0; s < NSIZES; s++) {
         size_t n = sizes[s];
-        float *dout = host_random(&rng, n, -1.0f, 1.0f);
-        float *ga = host_random(&rng, n, -1.0f, 1.0f), *gb = host_random(&rng, n, -1.0f, 1.0f);
-        float *d_dout = dev_upload(dout, n);
+        float *dout = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *ga = fm_test_random(&rng, n, -1.0f, 1.0f), *gb = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *d_dout = fm_test_dev_upload(dout, n);
         /* both gradients, then each alone (the other NULL) */
         for (int which = 0; which < 3; which++) {
-            float *ra = host_copy(ga, n), *rb = host_copy(gb, n);
-            float *d_ga = dev_upload(ga, n), *d_gb = dev_upload(gb, n);
+            float *ra = fm_test_copy(ga, n), *rb = fm_test_copy(gb, n);
+            float *d_ga = fm_test_dev_upload(ga, n), *d_gb = fm_test_dev_upload(gb, n);
             fm_cpu_residual_backward(which == 2 ? NULL : ra, which == 1 ? NULL : rb, dout, n);
             FM_CHECK_OK(fm_cuda_residual_backward(which == 2 ? NULL : d_ga, which == 1 ? NULL : d_gb, d_dout, n));
             expect_equal("residual_backward da", n, d_ga, ra);
@@ -196,8 +145,8 @@ static void test_residual_backward(void **state)
             free(rb);
         }
         /* out = x + x: da and db are one buffer, which receives 2·dout. */
-        float *rx = host_copy(ga, n);
-        float *d_gx = dev_upload(ga, n);
+        float *rx = fm_test_copy(ga, n);
+        float *d_gx = fm_test_dev_upload(ga, n);
         fm_cpu_residual_backward(rx, rx, dout, n);
         FM_CHECK_OK(fm_cuda_residual_backward(d_gx, d_gx, d_dout, n));
         expect_equal("residual_backward da == db", n, d_gx, rx);
@@ -225,21 +174,21 @@ static void check_activation(const char *name, uint64_t stream, cpu_fwd_fn cpu_f
     for (size_t s = 0; s < NSIZES; s++) {
         size_t n = sizes[s];
         float *x = activation_input(&rng, n);
-        float *dout = host_random(&rng, n, -1.0f, 1.0f);
-        float *g0 = host_random(&rng, n, -1.0f, 1.0f);
+        float *dout = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *g0 = fm_test_random(&rng, n, -1.0f, 1.0f);
         float *ref = fm_test_alloc(n * sizeof(float));
-        float *rg = host_copy(g0, n);
+        float *rg = fm_test_copy(g0, n);
         cpu_fwd(ref, x, n);
         cpu_bwd(rg, x, dout, n);
 
-        float *d_x = dev_upload(x, n), *d_dout = dev_upload(dout, n), *d_g = dev_upload(g0, n);
-        float *d_out = dev_poisoned(n);
+        float *d_x = fm_test_dev_upload(x, n), *d_dout = fm_test_dev_upload(dout, n), *d_g = fm_test_dev_upload(g0, n);
+        float *d_out = fm_test_dev_poisoned(n);
         FM_CHECK_OK(cuda_fwd(d_out, d_x, n));
         snprintf(what, sizeof what, "%s_forward", name);
-        expect_close(what, n, d_out, ref, ACT_FWD_RTOL, 0.0);
+        fm_test_dev_expect_close(what, n, d_out, ref, ACT_FWD_RTOL, 0.0);
         FM_CHECK_OK(cuda_bwd(d_g, d_x, d_dout, n));
         snprintf(what, sizeof what, "%s_backward (accumulated)", name);
-        expect_close(what, n, d_g, rg, ACT_BWD_RTOL, ACT_BWD_ATOL);
+        fm_test_dev_expect_close(what, n, d_g, rg, ACT_BWD_RTOL, ACT_BWD_ATOL);
         /* a NULL gradient is skipped */
         FM_CHECK_OK(cuda_bwd(NULL, d_x, d_dout, n));
 
@@ -278,19 +227,19 @@ static void test_adamw(void **state)
     const fm_adamw_hparams hp = {1e-2f, 0.9f, 0.999f, 1e-8f, 0.05f};
     for (size_t s = 0; s < NSIZES; s++) {
         size_t n = sizes[s];
-        float *p = host_random(&rng, n, -1.0f, 1.0f);
-        float *m = host_random(&rng, n, -0.1f, 0.1f);
-        float *v = host_random(&rng, n, 0.0f, 0.01f);
-        float *d_p = dev_upload(p, n), *d_m = dev_upload(m, n), *d_v = dev_upload(v, n);
+        float *p = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *m = fm_test_random(&rng, n, -0.1f, 0.1f);
+        float *v = fm_test_random(&rng, n, 0.0f, 0.01f);
+        float *d_p = fm_test_dev_upload(p, n), *d_m = fm_test_dev_upload(m, n), *d_v = fm_test_dev_upload(v, n);
         /* Three steps with fresh gradients; both sides carry their own state forward. */
         for (int t = 1; t <= 3; t++) {
-            float *g = host_random(&rng, n, -1.0f, 1.0f);
-            float *d_g = dev_upload(g, n);
+            float *g = fm_test_random(&rng, n, -1.0f, 1.0f);
+            float *d_g = fm_test_dev_upload(g, n);
             fm_cpu_adamw_update(p, g, m, v, n, hp, t);
             FM_CHECK_OK(fm_cuda_adamw_update(d_p, d_g, d_m, d_v, n, hp, t));
-            expect_close("adamw params", n, d_p, p, ADAMW_RTOL, ADAMW_ATOL);
-            expect_close("adamw m", n, d_m, m, ADAMW_RTOL, ADAMW_ATOL);
-            expect_close("adamw v", n, d_v, v, ADAMW_RTOL, ADAMW_ATOL);
+            fm_test_dev_expect_close("adamw params", n, d_p, p, ADAMW_RTOL, ADAMW_ATOL);
+            fm_test_dev_expect_close("adamw m", n, d_m, m, ADAMW_RTOL, ADAMW_ATOL);
+            fm_test_dev_expect_close("adamw v", n, d_v, v, ADAMW_RTOL, ADAMW_ATOL);
             fm_cuda_free(d_g);
             free(g);
         }
@@ -301,13 +250,6 @@ static void test_adamw(void **state)
         free(m);
         free(v);
     }
-}
-
-static int teardown_device(void **state)
-{
-    (void)state;
-    /* Leaves nothing allocated for compute-sanitizer's leak check. */
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
 }
 
 int main(void)
@@ -326,7 +268,7 @@ int main(void)
         cmocka_unit_test(test_quick_gelu),
         cmocka_unit_test(test_adamw),
     };
-    failed += cmocka_run_group_tests_name("cuda kernels vs CPU reference", device_tests, NULL, teardown_device);
+    failed += cmocka_run_group_tests_name("cuda kernels vs CPU reference", device_tests, NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -40,13 +40,6 @@ int main(void) { return fm_gpu_test_no_device("gpu.cuda_ops_a", "this fedmm was 
 
 /* ---- host and device buffers ---------------------------------------------------------------------------- */
 
-static float *host_random(fm_rng *rng, size_t n, float lo, float hi)
-{
-    float *x = fm_test_alloc(n * sizeof(float));
-    fm_test_fill(rng, x, n, lo, hi);
-    return x;
-}
-
 /* A device buffer: `base` is what was allocated, `p` the data, `off` floats in (to test views that are
  * not 256-byte aligned, as tensors carved out of one large buffer are). */
 typedef struct dbuf {
@@ -87,13 +80,6 @@ static void dev_free(dbuf *b)
     b->p = NULL;
 }
 
-static float *download(const float *d, size_t n)
-{
-    float *h = fm_test_alloc(n * sizeof(float));
-    FM_CHECK_OK(fm_cuda_memcpy(h, d, n * sizeof(float), 1));
-    return h;
-}
-
 /* A CUDA tensor over device memory. */
 static fm_tensor dview(void *p, fm_dtype dtype, int ndim, const int64_t *shape)
 {
@@ -109,7 +95,7 @@ static fm_tensor dview_f32(const dbuf *b, int ndim, const int64_t *shape) { retu
 
 static void expect_close(const char *what, const dbuf *dev, const float *cpu, double atol)
 {
-    float *got = download(dev->p, dev->n);
+    float *got = fm_test_dev_download(dev->p, dev->n);
     double *want = fm_test_alloc(dev->n * sizeof(double));
     fm_test_to_double(want, cpu, dev->n);
     fm_test_assert_close(what, got, want, dev->n, RTOL, atol);
@@ -119,7 +105,7 @@ static void expect_close(const char *what, const dbuf *dev, const float *cpu, do
 
 static void expect_equal(const char *what, const dbuf *dev, const float *cpu)
 {
-    float *got = download(dev->p, dev->n);
+    float *got = fm_test_dev_download(dev->p, dev->n);
     for (size_t i = 0; i < dev->n; i++) {
         uint32_t g, c;
         memcpy(&g, &got[i], sizeof g);
@@ -129,17 +115,6 @@ static void expect_equal(const char *what, const dbuf *dev, const float *cpu)
     }
     free(got);
 }
-
-/* Asserts that a call returned `want` with a message containing `needle`. */
-#define EXPECT_FAIL(call, want, needle)                                                                                \
-    do {                                                                                                               \
-        fm_clear_error();                                                                                              \
-        fm_status st_ = (call);                                                                                        \
-        if (st_ != (want))                                                                                             \
-            fail_msg("%s returned %s, expected %s (%s)", #call, fm_strerror(st_), fm_strerror(want), fm_last_error()); \
-        if (!strstr(fm_last_error(), (needle)))                                                                        \
-            fail_msg("%s: message \"%s\" lacks \"%s\"", #call, fm_last_error(), (needle));                             \
-    } while (0)
 
 /* ---- argument checks: no device needed ------------------------------------------------------------------------ */
 
@@ -211,10 +186,10 @@ static void check_linear(fm_rng *rng, int N, int C, int OC, size_t off, int with
 {
     char what[160];
     const size_t nx = (size_t)N * (size_t)C, nw = (size_t)OC * (size_t)C, ny = (size_t)N * (size_t)OC;
-    float *x = host_random(rng, nx, -1.0f, 1.0f), *w = host_random(rng, nw, -1.0f, 1.0f);
-    float *b = host_random(rng, (size_t)OC, -1.0f, 1.0f), *dy = host_random(rng, ny, -1.0f, 1.0f);
-    float *gx = host_random(rng, nx, -1.0f, 1.0f), *gw = host_random(rng, nw, -1.0f, 1.0f);
-    float *gb = host_random(rng, (size_t)OC, -1.0f, 1.0f);
+    float *x = fm_test_random(rng, nx, -1.0f, 1.0f), *w = fm_test_random(rng, nw, -1.0f, 1.0f);
+    float *b = fm_test_random(rng, (size_t)OC, -1.0f, 1.0f), *dy = fm_test_random(rng, ny, -1.0f, 1.0f);
+    float *gx = fm_test_random(rng, nx, -1.0f, 1.0f), *gw = fm_test_random(rng, nw, -1.0f, 1.0f);
+    float *gb = fm_test_random(rng, (size_t)OC, -1.0f, 1.0f);
     float *ref = fm_test_alloc(ny * sizeof(float));
     fm_cpu_linear_forward(ref, x, w, with_bias ? b : NULL, N, C, OC);
 
@@ -278,10 +253,10 @@ static void check_layernorm(fm_rng *rng, int N, int C)
     char what[128];
     const size_t n = (size_t)N * (size_t)C;
     /* An offset on the inputs: the mean is not zero, so the two-pass variance matters. */
-    float *x = host_random(rng, n, -2.0f, 3.0f), *w = host_random(rng, (size_t)C, 0.5f, 1.5f);
-    float *b = host_random(rng, (size_t)C, -1.0f, 1.0f), *dy = host_random(rng, n, -1.0f, 1.0f);
-    float *gx = host_random(rng, n, -1.0f, 1.0f), *gw = host_random(rng, (size_t)C, -1.0f, 1.0f);
-    float *gb = host_random(rng, (size_t)C, -1.0f, 1.0f);
+    float *x = fm_test_random(rng, n, -2.0f, 3.0f), *w = fm_test_random(rng, (size_t)C, 0.5f, 1.5f);
+    float *b = fm_test_random(rng, (size_t)C, -1.0f, 1.0f), *dy = fm_test_random(rng, n, -1.0f, 1.0f);
+    float *gx = fm_test_random(rng, n, -1.0f, 1.0f), *gw = fm_test_random(rng, (size_t)C, -1.0f, 1.0f);
+    float *gb = fm_test_random(rng, (size_t)C, -1.0f, 1.0f);
     float *ref = fm_test_alloc(n * sizeof(float)), *mean = fm_test_alloc((size_t)N * sizeof(float));
     float *rstd = fm_test_alloc((size_t)N * sizeof(float));
     fm_cpu_layernorm_forward(ref, mean, rstd, x, w, b, N, C, 1e-5f);
@@ -345,8 +320,8 @@ static void check_softmax(fm_rng *rng, int N, int C)
 {
     char what[128];
     const size_t n = (size_t)N * (size_t)C;
-    float *x = host_random(rng, n, -8.0f, 8.0f), *dy = host_random(rng, n, -1.0f, 1.0f);
-    float *gx = host_random(rng, n, -1.0f, 1.0f);
+    float *x = fm_test_random(rng, n, -8.0f, 8.0f), *dy = fm_test_random(rng, n, -1.0f, 1.0f);
+    float *gx = fm_test_random(rng, n, -1.0f, 1.0f);
     x[0] = 80.0f; /* exp(80) overflows float: the max shift must be there */
     float *ref = fm_test_alloc(n * sizeof(float));
     fm_cpu_softmax_forward(ref, x, N, C);
@@ -399,9 +374,10 @@ static void test_embedding(void **state)
     int32_t *tok = fm_test_alloc(BT * sizeof(int32_t));
     for (size_t i = 0; i < BT; i++)
         tok[i] = (int32_t)fm_rng_below(&rng, (uint64_t)V);
-    float *wte = host_random(&rng, (size_t)V * C, -1.0f, 1.0f), *wpe = host_random(&rng, (size_t)TMAX * C, -1.0f, 1.0f);
-    float *dy = host_random(&rng, n, -1.0f, 1.0f), *gte = host_random(&rng, (size_t)V * C, -1.0f, 1.0f);
-    float *gpe = host_random(&rng, (size_t)TMAX * C, -1.0f, 1.0f), *ref = fm_test_alloc(n * sizeof(float));
+    float *wte = fm_test_random(&rng, (size_t)V * C, -1.0f, 1.0f),
+          *wpe = fm_test_random(&rng, (size_t)TMAX * C, -1.0f, 1.0f);
+    float *dy = fm_test_random(&rng, n, -1.0f, 1.0f), *gte = fm_test_random(&rng, (size_t)V * C, -1.0f, 1.0f);
+    float *gpe = fm_test_random(&rng, (size_t)TMAX * C, -1.0f, 1.0f), *ref = fm_test_alloc(n * sizeof(float));
     FM_CHECK_OK(fm_cpu_embedding_forward(ref, tok, wte, wpe, B, T, C, V));
 
     void *d_tok = NULL;
@@ -457,10 +433,10 @@ static void check_patch_embed(fm_rng *rng, int B, int Cin, int H, int W, int P, 
     const int NP = (H / P) * (W / P), K = Cin * P * P;
     const size_t rows = (size_t)B * NP, nimg = (size_t)B * Cin * H * W, ncol = rows * K, nout = rows * C;
     const size_t nw = (size_t)C * K;
-    float *img = host_random(rng, nimg, -1.0f, 1.0f), *w = host_random(rng, nw, -1.0f, 1.0f);
-    float *b = host_random(rng, (size_t)C, -1.0f, 1.0f), *dy = host_random(rng, nout, -1.0f, 1.0f);
-    float *gw = host_random(rng, nw, -1.0f, 1.0f), *gb = host_random(rng, (size_t)C, -1.0f, 1.0f);
-    float *gimg = host_random(rng, nimg, -1.0f, 1.0f);
+    float *img = fm_test_random(rng, nimg, -1.0f, 1.0f), *w = fm_test_random(rng, nw, -1.0f, 1.0f);
+    float *b = fm_test_random(rng, (size_t)C, -1.0f, 1.0f), *dy = fm_test_random(rng, nout, -1.0f, 1.0f);
+    float *gw = fm_test_random(rng, nw, -1.0f, 1.0f), *gb = fm_test_random(rng, (size_t)C, -1.0f, 1.0f);
+    float *gimg = fm_test_random(rng, nimg, -1.0f, 1.0f);
     float *ref = fm_test_alloc(nout * sizeof(float)), *cols = fm_test_alloc(ncol * sizeof(float));
     fm_cpu_patch_embed_forward(ref, cols, img, w, with_bias ? b : NULL, B, Cin, H, W, P, C);
 
@@ -517,8 +493,8 @@ static void test_l2norm(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 306);
     const int N = 39, C = 67;
     const size_t n = (size_t)N * C;
-    float *x = host_random(&rng, n, -1.0f, 1.0f), *dy = host_random(&rng, n, -1.0f, 1.0f);
-    float *gx = host_random(&rng, n, -1e-3f, 1e-3f);
+    float *x = fm_test_random(&rng, n, -1.0f, 1.0f), *dy = fm_test_random(&rng, n, -1.0f, 1.0f);
+    float *gx = fm_test_random(&rng, n, -1e-3f, 1e-3f);
     /* Row 3 all zeros and row 4 tiny: the 1e-12 clamp and its linear backward. */
     for (int c = 0; c < C; c++) {
         x[3 * C + c] = 0.0f;
@@ -558,12 +534,6 @@ static void test_l2norm(void **state)
     free(norm);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {
@@ -579,7 +549,7 @@ int main(void)
         cmocka_unit_test(test_embedding), cmocka_unit_test(test_patch_embed), cmocka_unit_test(test_l2norm),
     };
     failed += cmocka_run_group_tests_name("cuda ops (linear .. l2norm) vs CPU reference", device_tests, NULL,
-                                          teardown_device);
+                                          fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -42,20 +42,6 @@ int main(void) { return fm_gpu_test_no_device("gpu.cuda_ops_b", "this fedmm was 
 
 /* ---- host helpers ------------------------------------------------------------------------------------ */
 
-static float *host_random(fm_rng *rng, size_t n, float lo, float hi)
-{
-    float *x = fm_test_alloc(n * sizeof(float));
-    fm_test_fill(rng, x, n, lo, hi);
-    return x;
-}
-
-static float *host_copy(const float *x, size_t n)
-{
-    float *y = fm_test_alloc(n * sizeof(float));
-    memcpy(y, x, n * sizeof(float));
-    return y;
-}
-
 static void *dev_upload_bytes(const void *h, size_t bytes)
 {
     void *d = NULL;
@@ -64,39 +50,9 @@ static void *dev_upload_bytes(const void *h, size_t bytes)
     return d;
 }
 
-static float *dev_upload(const float *h, size_t n) { return dev_upload_bytes(h, n * sizeof(float)); }
-
-/* A device buffer of n floats, every one NaN (all bits set), so an element the kernel skips shows. */
-static float *dev_poisoned(size_t n)
-{
-    void *d = NULL;
-    FM_CHECK_OK(fm_cuda_malloc(&d, n * sizeof(float)));
-    FM_CHECK_OK(fm_cuda_memset(d, 0xff, n * sizeof(float)));
-    return d;
-}
-
-static float *download(const float *d, size_t n)
-{
-    float *h = fm_test_alloc(n * sizeof(float));
-    FM_CHECK_OK(fm_cuda_memcpy(h, d, n * sizeof(float), 1));
-    return h;
-}
-
-static void expect_close(const char *what, size_t n, const float *dev, const float *cpu, double rtol, double atol)
-{
-    float *got = download(dev, n);
-    double *want = fm_test_alloc(n * sizeof(double));
-    fm_test_to_double(want, cpu, n);
-    char label[160];
-    snprintf(label, sizeof label, "%s (n = %zu)", what, n);
-    fm_test_assert_close(label, got, want, n, rtol, atol);
-    free(want);
-    free(got);
-}
-
 static void expect_equal(const char *what, size_t n, const float *dev, const float *cpu)
 {
-    float *got = download(dev, n);
+    float *got = fm_test_dev_download(dev, n);
     if (memcmp(got, cpu, n * sizeof(float)) != 0)
         fail_msg("%s (n = %zu): device buffer changed", what, n);
     free(got);
@@ -164,20 +120,21 @@ static void check_attention(uint64_t stream, int B, int T, int C, int NH, int ca
 {
     fm_rng rng = fm_rng_make(fm_test_seed(), stream);
     const size_t n = (size_t)B * T * C, nl = (size_t)B * NH * T;
-    float *q = host_random(&rng, n, -1.5f, 1.5f), *k = host_random(&rng, n, -1.5f, 1.5f);
-    float *v = host_random(&rng, n, -1.0f, 1.0f), *dout = host_random(&rng, n, -1.0f, 1.0f);
+    float *q = fm_test_random(&rng, n, -1.5f, 1.5f), *k = fm_test_random(&rng, n, -1.5f, 1.5f);
+    float *v = fm_test_random(&rng, n, -1.0f, 1.0f), *dout = fm_test_random(&rng, n, -1.0f, 1.0f);
     float *out = fm_test_alloc(n * sizeof(float)), *lse = fm_test_alloc(nl * sizeof(float));
     fm_cpu_attention_forward(out, lse, q, k, v, len, causal, B, T, C, NH);
 
-    float *d_q = dev_upload(q, n), *d_k = dev_upload(k, n), *d_v = dev_upload(v, n), *d_dout = dev_upload(dout, n);
+    float *d_q = fm_test_dev_upload(q, n), *d_k = fm_test_dev_upload(k, n), *d_v = fm_test_dev_upload(v, n),
+          *d_dout = fm_test_dev_upload(dout, n);
     int32_t *d_len = len ? dev_upload_bytes(len, (size_t)B * sizeof(int32_t)) : NULL;
-    float *d_out = dev_poisoned(n), *d_lse = dev_poisoned(nl);
+    float *d_out = fm_test_dev_poisoned(n), *d_lse = fm_test_dev_poisoned(nl);
     FM_CHECK_OK(fm_cuda_attention_forward(d_out, d_lse, d_q, d_k, d_v, d_len, causal, B, T, C, NH));
     char what[96];
     snprintf(what, sizeof what, "attention out (B %d T %d C %d NH %d causal %d)", B, T, C, NH, causal);
-    expect_close(what, n, d_out, out, RTOL, ATT_OUT_ATOL);
+    fm_test_dev_expect_close(what, n, d_out, out, RTOL, ATT_OUT_ATOL);
     /* lse: −inf rows must match exactly; compare the rest */
-    float *glse = download(d_lse, nl);
+    float *glse = fm_test_dev_download(d_lse, nl);
     for (size_t i = 0; i < nl; i++) {
         if (isinf(lse[i]) || isinf(glse[i])) {
             if (!(isinf(glse[i]) && glse[i] < 0 && isinf(lse[i]) && lse[i] < 0))
@@ -193,17 +150,17 @@ static void check_attention(uint64_t stream, int B, int T, int C, int NH, int ca
     /* backward from the CPU's own forward (restoring its −inf rows) and the GPU's forward */
     fm_cpu_attention_forward(out, lse, q, k, v, len, causal, B, T, C, NH);
 
-    float *gq = host_random(&rng, n, -1.0f, 1.0f), *gk = host_random(&rng, n, -1.0f, 1.0f);
-    float *gv = host_random(&rng, n, -1.0f, 1.0f);
-    float *d_gq = dev_upload(gq, n), *d_gk = dev_upload(gk, n), *d_gv = dev_upload(gv, n);
+    float *gq = fm_test_random(&rng, n, -1.0f, 1.0f), *gk = fm_test_random(&rng, n, -1.0f, 1.0f);
+    float *gv = fm_test_random(&rng, n, -1.0f, 1.0f);
+    float *d_gq = fm_test_dev_upload(gq, n), *d_gk = fm_test_dev_upload(gk, n), *d_gv = fm_test_dev_upload(gv, n);
     for (int rep = 0; rep < 2; rep++) {
         fm_cpu_attention_backward(gq, gk, gv, dout, q, k, v, out, lse, len, causal, B, T, C, NH);
         FM_CHECK_OK(fm_cuda_attention_backward(d_gq, d_gk, d_gv, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B,
                                                T, C, NH));
     }
-    expect_close("attention dq (accumulated twice)", n, d_gq, gq, RTOL, ATT_GRAD_ATOL);
-    expect_close("attention dk (accumulated twice)", n, d_gk, gk, RTOL, ATT_GRAD_ATOL);
-    expect_close("attention dv (accumulated twice)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dq (accumulated twice)", n, d_gq, gq, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dk (accumulated twice)", n, d_gk, gk, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dv (accumulated twice)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
     /* NULL gradients are skipped: one pass for dk alone, then dq and dv alone */
     fm_cpu_attention_backward(NULL, gk, NULL, dout, q, k, v, out, lse, len, causal, B, T, C, NH);
     FM_CHECK_OK(
@@ -211,9 +168,9 @@ static void check_attention(uint64_t stream, int B, int T, int C, int NH, int ca
     fm_cpu_attention_backward(gq, NULL, gv, dout, q, k, v, out, lse, len, causal, B, T, C, NH);
     FM_CHECK_OK(
         fm_cuda_attention_backward(d_gq, NULL, d_gv, d_dout, d_q, d_k, d_v, d_out, d_lse, d_len, causal, B, T, C, NH));
-    expect_close("attention dq (third pass)", n, d_gq, gq, RTOL, ATT_GRAD_ATOL);
-    expect_close("attention dk (third pass)", n, d_gk, gk, RTOL, ATT_GRAD_ATOL);
-    expect_close("attention dv (third pass)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dq (third pass)", n, d_gq, gq, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dk (third pass)", n, d_gk, gk, RTOL, ATT_GRAD_ATOL);
+    fm_test_dev_expect_close("attention dv (third pass)", n, d_gv, gv, RTOL, ATT_GRAD_ATOL);
 
     void *dbufs[] = {d_q, d_k, d_v, d_dout, d_len, d_out, d_lse, d_gq, d_gk, d_gv};
     for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++)
@@ -253,8 +210,9 @@ static void test_attention_dispatch(void **state)
     enum { B = 2, T = 9, C = 12, NH = 3 };
     const size_t n = (size_t)B * T * C;
     fm_rng rng = fm_rng_make(fm_test_seed(), 306);
-    float *x = host_random(&rng, n, -1.0f, 1.0f);
-    float *d_x = dev_upload(x, n), *d_out = dev_poisoned(n), *d_lse = dev_poisoned((size_t)B * NH * T);
+    float *x = fm_test_random(&rng, n, -1.0f, 1.0f);
+    float *d_x = fm_test_dev_upload(x, n), *d_out = fm_test_dev_poisoned(n),
+          *d_lse = fm_test_dev_poisoned((size_t)B * NH * T);
     int32_t lens[B] = {9, 10};
     int32_t *d_len = dev_upload_bytes(lens, sizeof lens);
     const int64_t sx[3] = {B, T, C}, sl[3] = {B, NH, T}, sb[1] = {B};
@@ -268,7 +226,7 @@ static void test_attention_dispatch(void **state)
     lens[1] = 4;
     FM_CHECK_OK(fm_cuda_memcpy(d_len, lens, sizeof lens, 0));
     FM_CHECK_OK(fm_attention_forward(&tout, &tlse, &tx, &tx, &tx, &tlen, 1, NH));
-    float *d_g = dev_upload(x, n);
+    float *d_g = fm_test_dev_upload(x, n);
     fm_tensor tg;
     FM_CHECK_OK(fm_tensor_view(&tg, d_g, n * sizeof(float), 0, FM_F32, FM_DEVICE_CUDA, 3, sx));
     FM_CHECK_OK(fm_attention_backward(&tg, NULL, NULL, &tx, &tx, &tx, &tx, &tout, &tlse, &tlen, 1, NH));
@@ -299,35 +257,36 @@ static void test_infonce(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 310);
     const int N = 37, D = 19;
     const size_t Ns = (size_t)N, nd = Ns * D, nn = Ns * Ns;
-    float *img = host_random(&rng, nd, -1.0f, 1.0f), *txt = host_random(&rng, nd, -1.0f, 1.0f);
+    float *img = fm_test_random(&rng, nd, -1.0f, 1.0f), *txt = fm_test_random(&rng, nd, -1.0f, 1.0f);
     normalise_rows(img, Ns, D);
     normalise_rows(txt, Ns, D);
     const float ls = logf(1.0f / 0.07f);
     float loss = 0.0f, *pi = fm_test_alloc(nn * sizeof(float)), *pt = fm_test_alloc(nn * sizeof(float));
     fm_cpu_infonce_forward(&loss, pi, pt, img, txt, ls, N, D);
 
-    float *d_img = dev_upload(img, nd), *d_txt = dev_upload(txt, nd), *d_ls = dev_upload(&ls, 1);
-    float *d_loss = dev_poisoned(1), *d_pi = dev_poisoned(nn), *d_pt = dev_poisoned(nn);
+    float *d_img = fm_test_dev_upload(img, nd), *d_txt = fm_test_dev_upload(txt, nd),
+          *d_ls = fm_test_dev_upload(&ls, 1);
+    float *d_loss = fm_test_dev_poisoned(1), *d_pi = fm_test_dev_poisoned(nn), *d_pt = fm_test_dev_poisoned(nn);
     FM_CHECK_OK(fm_cuda_infonce_forward(d_loss, d_pi, d_pt, d_img, d_txt, d_ls, N, D));
-    expect_close("infonce loss", 1, d_loss, &loss, RTOL, 0.0);
-    expect_close("infonce probs_i2t", nn, d_pi, pi, RTOL, 0.0);
-    expect_close("infonce probs_t2i", nn, d_pt, pt, RTOL, 0.0);
+    fm_test_dev_expect_close("infonce loss", 1, d_loss, &loss, RTOL, 0.0);
+    fm_test_dev_expect_close("infonce probs_i2t", nn, d_pi, pi, RTOL, 0.0);
+    fm_test_dev_expect_close("infonce probs_t2i", nn, d_pt, pt, RTOL, 0.0);
 
-    float *gi = host_random(&rng, nd, -1.0f, 1.0f), *gt = host_random(&rng, nd, -1.0f, 1.0f);
+    float *gi = fm_test_random(&rng, nd, -1.0f, 1.0f), *gt = fm_test_random(&rng, nd, -1.0f, 1.0f);
     float gls = 0.3f;
-    float *d_gi = dev_upload(gi, nd), *d_gt = dev_upload(gt, nd), *d_gls = dev_upload(&gls, 1);
+    float *d_gi = fm_test_dev_upload(gi, nd), *d_gt = fm_test_dev_upload(gt, nd), *d_gls = fm_test_dev_upload(&gls, 1);
     for (int rep = 0; rep < 2; rep++) {
         fm_cpu_infonce_backward(gi, gt, &gls, img, txt, pi, pt, ls, N, D, 0.75f);
         FM_CHECK_OK(fm_cuda_infonce_backward(d_gi, d_gt, d_gls, d_img, d_txt, d_pi, d_pt, d_ls, N, D, 0.75f));
     }
-    expect_close("infonce dimg (accumulated twice)", nd, d_gi, gi, RTOL, INFONCE_GRAD_ATOL);
-    expect_close("infonce dtxt (accumulated twice)", nd, d_gt, gt, RTOL, INFONCE_GRAD_ATOL);
-    expect_close("infonce dlogit_scale (accumulated twice)", 1, d_gls, &gls, RTOL, INFONCE_GRAD_ATOL);
+    fm_test_dev_expect_close("infonce dimg (accumulated twice)", nd, d_gi, gi, RTOL, INFONCE_GRAD_ATOL);
+    fm_test_dev_expect_close("infonce dtxt (accumulated twice)", nd, d_gt, gt, RTOL, INFONCE_GRAD_ATOL);
+    fm_test_dev_expect_close("infonce dlogit_scale (accumulated twice)", 1, d_gls, &gls, RTOL, INFONCE_GRAD_ATOL);
     /* only dlogit_scale */
     fm_cpu_infonce_backward(NULL, NULL, &gls, img, txt, pi, pt, ls, N, D, 1.0f);
     FM_CHECK_OK(fm_cuda_infonce_backward(NULL, NULL, d_gls, d_img, d_txt, d_pi, d_pt, d_ls, N, D, 1.0f));
-    expect_close("infonce dlogit_scale (third pass)", 1, d_gls, &gls, RTOL, INFONCE_GRAD_ATOL);
-    expect_close("infonce dimg (skipped)", nd, d_gi, gi, RTOL, INFONCE_GRAD_ATOL);
+    fm_test_dev_expect_close("infonce dlogit_scale (third pass)", 1, d_gls, &gls, RTOL, INFONCE_GRAD_ATOL);
+    fm_test_dev_expect_close("infonce dimg (skipped)", nd, d_gi, gi, RTOL, INFONCE_GRAD_ATOL);
 
     void *dbufs[] = {d_img, d_txt, d_ls, d_loss, d_pi, d_pt, d_gi, d_gt, d_gls};
     for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++)
@@ -345,25 +304,25 @@ static void test_cross_entropy(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 320);
     const int N = 53, C = 29;
     const size_t n = (size_t)N * C;
-    float *x = host_random(&rng, n, -4.0f, 4.0f);
+    float *x = fm_test_random(&rng, n, -4.0f, 4.0f);
     int32_t *t = fm_test_alloc((size_t)N * sizeof(int32_t));
     for (int i = 0; i < N; i++)
         t[i] = i % 7 == 3 ? -1 : (int32_t)fm_rng_below(&rng, (uint64_t)C);
     float loss = 0.0f, *p = fm_test_alloc(n * sizeof(float));
     FM_CHECK_OK(fm_cpu_cross_entropy_forward(&loss, p, x, t, N, C));
 
-    float *d_x = dev_upload(x, n), *d_loss = dev_poisoned(1), *d_p = dev_poisoned(n);
+    float *d_x = fm_test_dev_upload(x, n), *d_loss = fm_test_dev_poisoned(1), *d_p = fm_test_dev_poisoned(n);
     int32_t *d_t = dev_upload_bytes(t, (size_t)N * sizeof(int32_t));
     FM_CHECK_OK(fm_cuda_cross_entropy_forward(d_loss, d_p, d_x, d_t, N, C));
-    expect_close("cross_entropy loss", 1, d_loss, &loss, RTOL, 0.0);
-    expect_close("cross_entropy probs", n, d_p, p, RTOL, 0.0);
+    fm_test_dev_expect_close("cross_entropy loss", 1, d_loss, &loss, RTOL, 0.0);
+    fm_test_dev_expect_close("cross_entropy probs", n, d_p, p, RTOL, 0.0);
 
-    float *g = host_random(&rng, n, -1.0f, 1.0f), *d_g = dev_upload(g, n);
+    float *g = fm_test_random(&rng, n, -1.0f, 1.0f), *d_g = fm_test_dev_upload(g, n);
     for (int rep = 0; rep < 2; rep++) {
         fm_cpu_cross_entropy_backward(g, p, t, N, C, 1.5f);
         FM_CHECK_OK(fm_cuda_cross_entropy_backward(d_g, d_p, d_t, N, C, 1.5f));
     }
-    expect_close("cross_entropy dlogits (accumulated twice)", n, d_g, g, RTOL, LOSS_GRAD_ATOL);
+    fm_test_dev_expect_close("cross_entropy dlogits (accumulated twice)", n, d_g, g, RTOL, LOSS_GRAD_ATOL);
 
     /* a target out of range: FM_ERR_RANGE naming the first bad row; loss and dlogits untouched */
     int32_t bad[2] = {C, -2};
@@ -417,23 +376,23 @@ static void test_mse(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 330);
     for (size_t s = 0; s < NSIZES; s++) {
         const size_t n = sizes[s];
-        float *a = host_random(&rng, n, -2.0f, 2.0f), *b = host_random(&rng, n, -2.0f, 2.0f);
+        float *a = fm_test_random(&rng, n, -2.0f, 2.0f), *b = fm_test_random(&rng, n, -2.0f, 2.0f);
         float loss = 0.0f;
         fm_cpu_mse_forward(&loss, a, b, n);
-        float *d_a = dev_upload(a, n), *d_b = dev_upload(b, n), *d_loss = dev_poisoned(1);
+        float *d_a = fm_test_dev_upload(a, n), *d_b = fm_test_dev_upload(b, n), *d_loss = fm_test_dev_poisoned(1);
         FM_CHECK_OK(fm_cuda_mse_forward(d_loss, d_a, d_b, n));
-        expect_close("mse loss", 1, d_loss, &loss, RTOL, 0.0);
+        fm_test_dev_expect_close("mse loss", 1, d_loss, &loss, RTOL, 0.0);
 
-        float *ga = host_random(&rng, n, -1.0f, 1.0f), *gb = host_random(&rng, n, -1.0f, 1.0f);
-        float *d_ga = dev_upload(ga, n), *d_gb = dev_upload(gb, n);
+        float *ga = fm_test_random(&rng, n, -1.0f, 1.0f), *gb = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *d_ga = fm_test_dev_upload(ga, n), *d_gb = fm_test_dev_upload(gb, n);
         for (int rep = 0; rep < 2; rep++) {
             fm_cpu_mse_backward(ga, gb, a, b, n, 0.5f);
             FM_CHECK_OK(fm_cuda_mse_backward(d_ga, d_gb, d_a, d_b, n, 0.5f));
         }
         fm_cpu_mse_backward(NULL, gb, a, b, n, 2.0f);
         FM_CHECK_OK(fm_cuda_mse_backward(NULL, d_gb, d_a, d_b, n, 2.0f));
-        expect_close("mse da (accumulated twice)", n, d_ga, ga, RTOL, LOSS_GRAD_ATOL);
-        expect_close("mse db (accumulated three times)", n, d_gb, gb, RTOL, LOSS_GRAD_ATOL);
+        fm_test_dev_expect_close("mse da (accumulated twice)", n, d_ga, ga, RTOL, LOSS_GRAD_ATOL);
+        fm_test_dev_expect_close("mse db (accumulated three times)", n, d_gb, gb, RTOL, LOSS_GRAD_ATOL);
         void *dbufs[] = {d_a, d_b, d_loss, d_ga, d_gb};
         for (size_t i = 0; i < sizeof dbufs / sizeof dbufs[0]; i++)
             fm_cuda_free(dbufs[i]);
@@ -452,8 +411,8 @@ static void test_clip_grad(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 340);
     for (size_t s = 0; s < NSIZES; s++) {
         const size_t n = sizes[s];
-        float *g = host_random(&rng, n, -1.0f, 1.0f);
-        float *d_g = dev_upload(g, n);
+        float *g = fm_test_random(&rng, n, -1.0f, 1.0f);
+        float *d_g = fm_test_dev_upload(g, n);
         double want = fm_cpu_sum_squares(g, n), got = -1.0;
         FM_CHECK_OK(fm_cuda_sum_squares(d_g, n, &got));
         if (fabs(got - want) > SUMSQ_RTOL * want)
@@ -467,13 +426,13 @@ static void test_clip_grad(void **state)
             fail_msg("clip_grad_norm (n = %zu): norm gpu %.9g, cpu %.9g", n, (double)norm, (double)norm_cpu);
         expect_equal("clip_grad_norm below the limit", n, d_g, g);
         /* max_norm below: scaled as the CPU scales */
-        float *ref = host_copy(g, n);
+        float *ref = fm_test_copy(g, n);
         const float max_norm = norm_cpu * 0.37f;
         (void)fm_cpu_clip_grad_norm(ref, n, max_norm);
         FM_CHECK_OK(fm_cuda_clip_grad_norm(d_g, n, max_norm, &norm));
-        expect_close("clip_grad_norm scaled", n, d_g, ref, RTOL, 0.0);
+        fm_test_dev_expect_close("clip_grad_norm scaled", n, d_g, ref, RTOL, 0.0);
         /* a NaN anywhere: FM_ERR_NOT_FINITE, g unchanged */
-        float *clipped = download(d_g, n);
+        float *clipped = fm_test_dev_download(d_g, n);
         const float nan = NAN;
         FM_CHECK_OK(fm_cuda_memcpy(d_g + n / 2, &nan, sizeof nan, 0));
         clipped[n / 2] = nan;
@@ -492,12 +451,6 @@ static void test_clip_grad(void **state)
         free(ref);
         free(clipped);
     }
-}
-
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
 }
 
 int main(void)
@@ -521,7 +474,7 @@ int main(void)
         cmocka_unit_test(test_clip_grad),
     };
     failed += cmocka_run_group_tests_name("cuda ops (attention, losses, clipping) vs CPU reference", device_tests, NULL,
-                                          teardown_device);
+                                          fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -34,36 +34,6 @@ int main(void) { return fm_gpu_test_no_device("gpu.fused_kernels", "this fedmm w
 #define ROW_ATOL 5e-6
 #define BF16_REL (1.0 / 256.0)
 
-#define EXPECT_FAIL(call, want, needle)                                                                                \
-    do {                                                                                                               \
-        fm_clear_error();                                                                                              \
-        fm_status st_ = (call);                                                                                        \
-        if (st_ != (want))                                                                                             \
-            fail_msg("%s returned %s, expected %s (%s)", #call, fm_strerror(st_), fm_strerror(want), fm_last_error()); \
-        if (!strstr(fm_last_error(), (needle)))                                                                        \
-            fail_msg("%s: message \"%s\" lacks \"%s\"", #call, fm_last_error(), (needle));                             \
-    } while (0)
-
-/* ---- bf16 on the host: round to nearest even, as __float2bfloat16_rn ------------------------------------------ */
-
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* ---- device buffers ------------------------------------------------------------------------------------------ */
 
 static void *dev_upload(const void *h, size_t bytes)
@@ -96,7 +66,7 @@ static float *dl_bf16(const void *d, size_t n)
     float *h = fm_test_alloc(n * sizeof *h + 4);
     FM_CHECK_OK(fm_cuda_memcpy(b, d, n * sizeof *b, 1));
     for (size_t i = 0; i < n; i++)
-        h[i] = from_bf16(b[i]);
+        h[i] = fm_test_from_bf16(b[i]);
     free(b);
     return h;
 }
@@ -142,7 +112,7 @@ static void expect_bits(const char *what, const float *got, const float *want, s
 static void expect_rounded(const char *what, const float *lp, const float *f, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (lp[i] != from_bf16(to_bf16(f[i])) && !(isnan(lp[i]) && isnan(f[i])))
+        if (lp[i] != fm_test_from_bf16(fm_test_to_bf16(f[i])) && !(isnan(lp[i]) && isnan(f[i])))
             fail_msg("%s: element %zu of %zu: bf16 %a is not the rounding of %a", what, i, n, (double)lp[i],
                      (double)f[i]);
 }
@@ -470,12 +440,6 @@ static void test_activation(void **state)
     act_case(&rng, FM_CUDA_ACT_QUICK_GELU, 5);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {cmocka_unit_test(test_argument_checks)};
@@ -489,7 +453,7 @@ int main(void)
         cmocka_unit_test(test_activation),
     };
     failed += cmocka_run_group_tests_name("fused residual+layernorm and activation vs float64 reference", device_tests,
-                                          NULL, teardown_device);
+                                          NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

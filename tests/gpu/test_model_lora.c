@@ -27,37 +27,9 @@ int main(void) { return fm_gpu_test_no_device("gpu.model_lora", "this fedmm was 
 #include "../../cuda/runtime.h"
 #include "../../kernels/model_ops.h"
 
-#define EXPECT_FAIL(call, want, needle)                                                                                \
-    do {                                                                                                               \
-        fm_clear_error();                                                                                              \
-        fm_status st_ = (call);                                                                                        \
-        if (st_ != (want))                                                                                             \
-            fail_msg("%s returned %s, expected %s (%s)", #call, fm_strerror(st_), fm_strerror(want), fm_last_error()); \
-        if (!strstr(fm_last_error(), (needle)))                                                                        \
-            fail_msg("%s: message \"%s\" lacks \"%s\"", #call, fm_last_error(), (needle));                             \
-    } while (0)
-
 /* ---- bf16 on the host: round to nearest even, as __float2bfloat16_rn ------------------------------------------ */
 
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static double round_bf16(double v) { return (double)from_bf16(to_bf16((float)v)); }
+static double round_bf16(double v) { return (double)fm_test_from_bf16(fm_test_to_bf16((float)v)); }
 
 /* ---- device buffers ------------------------------------------------------------------------------------------ */
 
@@ -70,7 +42,7 @@ static void *upload(const float *h, size_t n, fm_gemm_type type)
     if (type == FM_GEMM_BF16) {
         uint16_t *b = fm_test_alloc(n * sizeof *b + 2);
         for (size_t i = 0; i < n; i++)
-            b[i] = to_bf16(h[i]);
+            b[i] = fm_test_to_bf16(h[i]);
         FM_CHECK_OK(fm_cuda_memcpy(d, b, n * es, 0));
         free(b);
     } else {
@@ -97,7 +69,7 @@ static float *download(const void *d, size_t n, fm_gemm_type type)
         uint16_t *b = fm_test_alloc(n * sizeof *b + 2);
         FM_CHECK_OK(fm_cuda_memcpy(b, d, n * 2, 1));
         for (size_t i = 0; i < n; i++)
-            h[i] = from_bf16(b[i]);
+            h[i] = fm_test_from_bf16(b[i]);
         free(b);
     } else {
         FM_CHECK_OK(fm_cuda_memcpy(h, d, n * 4, 1));
@@ -110,7 +82,7 @@ static float *host_random(fm_rng *rng, size_t n, int bf16)
     float *x = fm_test_alloc(n * sizeof *x + 4);
     fm_test_fill(rng, x, n, -1.0f, 1.0f);
     for (size_t i = 0; bf16 && i < n; i++)
-        x[i] = from_bf16(to_bf16(x[i])); /* the reference reads what the GPU reads */
+        x[i] = fm_test_from_bf16(fm_test_to_bf16(x[i])); /* the reference reads what the GPU reads */
     return x;
 }
 
@@ -628,7 +600,7 @@ static void test_rows_and_casts(void **state)
     FM_CHECK_OK(fm_cuda_bf16_to_f32(d_f, d_b, nc));
     got = download(d_f, nc, FM_GEMM_F32);
     for (size_t i = 0; i < nc; i++) {
-        float want = from_bf16(to_bf16(v[i]));
+        float want = fm_test_from_bf16(fm_test_to_bf16(v[i]));
         if (!(got[i] == want || (isnan(got[i]) && isnan(want))))
             fail_msg("cast element %zu: %a → %a, expected %a", i, (double)v[i], (double)got[i], (double)want);
     }
@@ -639,12 +611,6 @@ static void test_rows_and_casts(void **state)
     float *hs[] = {patches, cls, pos, demb, dcls0, dpos0, v};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         free(hs[i]);
-}
-
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
 }
 
 int main(void)
@@ -660,7 +626,7 @@ int main(void)
         cmocka_unit_test(test_rows_and_casts),
     };
     failed += cmocka_run_group_tests_name("model kernels (GEMM, fused LoRA, gathers, casts) vs float64 reference",
-                                          device_tests, NULL, teardown_device);
+                                          device_tests, NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -17,19 +17,6 @@
 #include "fedmm/synth.h"
 #include "fedmm/tokenizer.h"
 
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* strategy: NULL (FedAvg: no site-side correction) or a site-side correction such as FedProx's proximal term,
  * which then runs on the model's device (src/fl/strategy_site.c) */
 static void site_case(fm_scenario scenario, fm_precision prec, const fm_strategy_config *strategy)
@@ -92,7 +79,7 @@ static void site_case(fm_scenario scenario, fm_precision prec, const fm_strategy
         double lc = 0.0, lg = 0.0;
         FM_CHECK_OK(fm_site_train(tc, &sites[k], &task, start, oc, &lc));
         FM_CHECK_OK(fm_site_train(tg, &sites[k], &task, start, og, &lg));
-        double dl = fabs(lg - lc) / fabs(lc), dw = rel_l2(og, oc, P);
+        double dl = fabs(lg - lc) / fabs(lc), dw = fm_test_rel_l2(og, oc, P);
         printf("  site %d (%s, %lld samples: %lld paired, %lld image-only, %lld text-only): mean loss %.6f vs %.6f "
                "(%.2e), trained vector %.2e (bound %.0e)\n",
                k, fm_modality_name(sites[k].modality), (long long)sites[k].n, (long long)sites[k].n_paired,
@@ -100,7 +87,7 @@ static void site_case(fm_scenario scenario, fm_precision prec, const fm_strategy
         if (!(dl <= tol) || !(dw <= tol))
             fail_msg("site %d: GPU vs CPU differ: loss %.3e, vector %.3e (bound %.0e)", k, dl, dw, tol);
         /* the vector moved: the comparison is of training, not of two copies of the start */
-        if (!(rel_l2(oc, start, P) > 1e-6))
+        if (!(fm_test_rel_l2(oc, start, P) > 1e-6))
             fail_msg("site %d: local training did not change the vector", k);
     }
     free(blocks);

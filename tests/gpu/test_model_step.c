@@ -29,16 +29,6 @@
 #include "fedmm/device.h"
 #include "fedmm/train.h"
 
-#define EXPECT_FAIL(call, want, needle)                                                                                \
-    do {                                                                                                               \
-        fm_clear_error();                                                                                              \
-        fm_status st_ = (call);                                                                                        \
-        if (st_ != (want))                                                                                             \
-            fail_msg("%s returned %s, expected %s (%s)", #call, fm_strerror(st_), fm_strerror(want), fm_last_error()); \
-        if (!strstr(fm_last_error(), (needle)))                                                                        \
-            fail_msg("%s: message \"%s\" lacks \"%s\"", #call, fm_last_error(), (needle));                             \
-    } while (0)
-
 enum { NB = 6, VOCAB = 97 };
 
 typedef enum { MODE_LORA, MODE_FULL, MODE_DROPOUT } mode;
@@ -89,20 +79,6 @@ static float *get_vec(fm_clip *m, int grad)
     float *v = fm_test_alloc(n * sizeof(float) + 4);
     FM_CHECK_OK(grad ? fm_clip_get_trainable_grad(m, v, n) : fm_clip_get_trainable(m, v, n));
     return v;
-}
-
-/* ‖a − b‖₂ / ‖b‖₂ in double */
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-        if (!isfinite(a[i]))
-            return INFINITY;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 static void expect_rel(const char *what, double rel, double tol)
@@ -184,7 +160,7 @@ static void compare_step(mode md, fm_precision prec)
         if (!(rel <= stol))
             fail_msg("slice %s: GPU gradient differs by %.3e (relative L2)", s->name, rel);
     }
-    expect_rel("gradient of the trainable vector", rel_l2(gg, gc, P), gtol);
+    expect_rel("gradient of the trainable vector", fm_test_rel_l2(gg, gc, P), gtol);
     fm_train_options o = fm_train_default_options();
     o.weight_decay = 0.1, o.grad_clip = 1.0;
     fm_optimizer *oc = NULL, *og = NULL;
@@ -196,11 +172,11 @@ static void compare_step(mode md, fm_precision prec)
     FM_CHECK_OK(fm_optimizer_apply(gpu, og, &o, 1e-3, &ng));
     expect_rel("gradient norm (before clipping)", fabs((double)ng - nc) / nc, etol);
     float *wc = get_vec(cpu, 0), *wg = get_vec(gpu, 0);
-    expect_rel("weights after one AdamW step", rel_l2(wg, wc, P), tol);
+    expect_rel("weights after one AdamW step", fm_test_rel_l2(wg, wc, P), tol);
     /* informational: the step itself (AdamW's first step is about lr·sign(g), so this is coarser) */
     for (size_t i = 0; i < P; i++)
         wc[i] -= w0[i], wg[i] -= w0[i];
-    printf("  %-44s relative L2 difference %.3e (not bounded)\n", "the AdamW update itself", rel_l2(wg, wc, P));
+    printf("  %-44s relative L2 difference %.3e (not bounded)\n", "the AdamW update itself", fm_test_rel_l2(wg, wc, P));
     /* From here on both start from the CPU's weights again: AdamW's first step is about lr·sign(g), so wherever the
      * two gradients differ in sign the weights now differ by 2·lr, and every later check would measure that. */
     for (size_t i = 0; i < P; i++)
@@ -212,10 +188,10 @@ static void compare_step(mode md, fm_precision prec)
     float *ec = fm_test_alloc((size_t)NB * E * sizeof(float)), *eg = fm_test_alloc((size_t)NB * E * sizeof(float));
     FM_CHECK_OK(fm_clip_encode_images(cpu, b.images, NB, ec));
     FM_CHECK_OK(fm_clip_encode_images(gpu, b.images, NB, eg));
-    expect_rel("image embeddings (encode)", rel_l2(eg, ec, (size_t)NB * E), etol);
+    expect_rel("image embeddings (encode)", fm_test_rel_l2(eg, ec, (size_t)NB * E), etol);
     FM_CHECK_OK(fm_clip_encode_texts(cpu, b.tokens, b.eot, NB, ec));
     FM_CHECK_OK(fm_clip_encode_texts(gpu, b.tokens, b.eot, NB, eg));
-    expect_rel("text embeddings (encode)", rel_l2(eg, ec, (size_t)NB * E), etol);
+    expect_rel("text embeddings (encode)", fm_test_rel_l2(eg, ec, (size_t)NB * E), etol);
     FM_CHECK_OK(fm_clip_loss(cpu, b.images, b.tokens, b.eot, NB, &lc));
     FM_CHECK_OK(fm_clip_loss(gpu, b.images, b.tokens, b.eot, NB, &lg));
     expect_rel("eval loss (fm_clip_loss)", fabs((double)lg - lc) / fabs((double)lc), tol);
@@ -228,13 +204,13 @@ static void compare_step(mode md, fm_precision prec)
     FM_CHECK_OK(fm_clip_zero_grad(gpu));
     FM_CHECK_OK(fm_clip_forward(cpu, b.images, NULL, NULL, NB, ec, NULL));
     FM_CHECK_OK(fm_clip_forward(gpu, b.images, NULL, NULL, NB, eg, NULL));
-    expect_rel("fm_clip_forward image embeddings", rel_l2(eg, ec, (size_t)NB * E), etol);
+    expect_rel("fm_clip_forward image embeddings", fm_test_rel_l2(eg, ec, (size_t)NB * E), etol);
     FM_CHECK_OK(fm_clip_backward(cpu, dimg, NULL));
     FM_CHECK_OK(fm_clip_backward(gpu, dimg, NULL));
     free(gc);
     free(gg);
     gc = get_vec(cpu, 1), gg = get_vec(gpu, 1);
-    expect_rel("fm_clip_backward gradient (image tower)", rel_l2(gg, gc, P), gtol);
+    expect_rel("fm_clip_backward gradient (image tower)", fm_test_rel_l2(gg, gc, P), gtol);
 
     if (md == MODE_LORA && prec == FM_PRECISION_FP32) { /* merged adapters: the loss of the merged model */
         FM_CHECK_OK(fm_clip_merge_lora(cpu));
@@ -260,8 +236,8 @@ static void compare_step(mode md, fm_precision prec)
         free(v);
         FM_CHECK_OK(fm_clip_encode_images(cpu, b.images, NB, ec));
         FM_CHECK_OK(fm_clip_encode_images(gpu, b.images, NB, eg));
-        expect_rel("image embeddings after setting a new vector", rel_l2(eg, ec, (size_t)NB * E), etol);
-        double moved = rel_l2(ec, prev, (size_t)NB * E);
+        expect_rel("image embeddings after setting a new vector", fm_test_rel_l2(eg, ec, (size_t)NB * E), etol);
+        double moved = fm_test_rel_l2(ec, prev, (size_t)NB * E);
         printf("  %-44s %.3e\n", "(the new vector moved the embeddings by)", moved);
         if (!(moved > 10.0 * tol))
             fail_msg("the new vector moved the embeddings by only %.3e: the check above proves nothing", moved);

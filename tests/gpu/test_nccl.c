@@ -34,15 +34,6 @@ int main(void)
 #include "../../cuda/nccl.h"
 #include "../../cuda/runtime.h"
 
-/* Bit-for-bit equality of two floats (memcmp on floats is what clang-tidy rightly distrusts). */
-static int same_bits(float a, float b)
-{
-    uint32_t x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    return x == y;
-}
-
 /* ---- host only -------------------------------------------------------------------------------------------- */
 
 static void test_nccl_errors(void **state)
@@ -91,7 +82,7 @@ static void test_world1_identity(void **state)
         FM_CHECK_OK(fm_dp_allreduce_mean(dp, d, n));
         FM_CHECK_OK(fm_cuda_memcpy(y, d, n * sizeof(float), 1));
         for (size_t i = 0; i < n; i++)
-            if (!same_bits(x[i], y[i]))
+            if (!fm_test_same_bits(x[i], y[i]))
                 fail_msg("all-reduce mean over one rank changed element %zu: %.9g -> %.9g", i, (double)x[i],
                          (double)y[i]);
         FM_CHECK_OK(fm_dp_broadcast(dp, d, n));
@@ -162,12 +153,6 @@ static void test_training_hook(void **state)
     fm_tokenizer_free(tok);
 }
 
-static int teardown_device(void **state)
-{
-    (void)state;
-    return fm_cuda_shutdown() == FM_OK ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest host_tests[] = {
@@ -181,7 +166,7 @@ int main(void)
         cmocka_unit_test(test_world1_identity),
         cmocka_unit_test(test_training_hook),
     };
-    failed += cmocka_run_group_tests_name("data parallelism with one rank", device_tests, NULL, teardown_device);
+    failed += cmocka_run_group_tests_name("data parallelism with one rank", device_tests, NULL, fm_test_dev_teardown);
     return failed ? 1 : 0;
 }
 

@@ -1,15 +1,20 @@
 /* A small fake federation for the tests of the federation server (test_net_wire.c, test_net_concurrent.c,
  * test_fedsrv_state.c): named blocks of given sizes, each site's sample count, token and trained blocks (one site
  * lacks one block, as a site without a modality does), a random initial vector and random site updates, the
- * strategy and fm_fedsrv over them, and a live gRPC server on 127.0.0.1 in a thread. Header-only: each test
- * includes it once (after cmocka.h and testutil.h), inside #ifdef FEDMM_WITH_GRPC. */
+ * strategy and fm_fedsrv over them, and a live gRPC server on 127.0.0.1 in a thread (which test_creamfl_net.c runs
+ * over its own fedsrv). Header-only: each test includes it once (after cmocka.h and testutil.h), inside
+ * #ifdef FEDMM_WITH_GRPC. */
 #ifndef FEDMM_TESTS_FEDSRV_FIXTURE_H
 #define FEDMM_TESTS_FEDSRV_FIXTURE_H
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fedmm/site_train.h"
 #include "net/fedsrv.h"
@@ -142,6 +147,30 @@ static inline void fx_free(fixture *f)
     }
 }
 
+/* Removes dir and everything below it (a test's state directory); a missing dir is nothing to do. */
+static inline void fx_rm_tree(const char *dir)
+{
+    char path[1024];
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        const int n = snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (n < 0 || (size_t)n >= sizeof path)
+            continue; /* a name too long to build: left behind */
+        struct stat sb;
+        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+            fx_rm_tree(path);
+        else
+            unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
 /* Site k's push header for `round` of run `run_id`: its sample count, trained blocks and loss. */
 static inline void fx_header(const fixture *f, const char *run_id, int k, int64_t round, double loss,
                              fm_wire_push_header *h)
@@ -172,6 +201,8 @@ static inline void fx_join_msg(const fixture *f, int k, fm_wire_join *j)
 
 typedef struct live {
     fixture *f;
+    fm_fedsrv *srv;             /* what is served (NULL: f->srv) */
+    fm_net_traffic *count;      /* where the served bytes are counted (NULL: traffic) */
     const fm_wire_codec *codec; /* Pull's (NULL: float32) */
     double call_timeout_s;      /* 0: 5 s */
     int max_calls, max_pushes;  /* 0: the defaults */
@@ -201,10 +232,10 @@ static inline void *live_main(void *arg)
                                 .max_pushes = l->max_pushes,
                                 .release_grace_s = 5,
                                 .codec = l->codec,
-                                .traffic = &l->traffic,
+                                .traffic = l->count ? l->count : &l->traffic,
                                 .on_listen = live_on_listen,
                                 .ctx = l};
-    l->result = fm_net_serve(l->f->srv, &so);
+    l->result = fm_net_serve(l->srv ? l->srv : l->f->srv, &so);
     pthread_mutex_lock(&l->mu);
     if (l->port == 0)
         l->port = -1;
@@ -213,7 +244,8 @@ static inline void *live_main(void *arg)
     return NULL;
 }
 
-/* Serves l->f->srv in a thread until the run is over; returns once the port is bound, its address in target. */
+/* Serves l->srv (else l->f->srv) in a thread until the run is over; returns once the port is bound, its address
+ * in target. */
 static inline void live_start(live *l, char *target, size_t cap)
 {
     pthread_mutex_init(&l->mu, NULL);

@@ -12,16 +12,6 @@
 #include "fedmm/clip.h"
 #include "fedmm/train.h"
 
-#define EXPECT_FAIL(call, want, needle)                                                                                \
-    do {                                                                                                               \
-        fm_clear_error();                                                                                              \
-        fm_status st_ = (call);                                                                                        \
-        if (st_ != (want))                                                                                             \
-            fail_msg("%s returned %s, expected %s (%s)", #call, fm_strerror(st_), fm_strerror(want), fm_last_error()); \
-        if (!strstr(fm_last_error(), (needle)))                                                                        \
-            fail_msg("%s: message \"%s\" lacks \"%s\"", #call, fm_last_error(), (needle));                             \
-    } while (0)
-
 static void tiny(fm_clip_config *c)
 {
     assert_int_equal(fm_clip_config_preset("clip-tiny", c), FM_OK);

@@ -7,70 +7,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "creamfl_ref.h"
 #include "testutil.h"
 
 #include "fedmm/creamfl.h"
 #include "fedmm/device.h"
 #include "fedmm/status.h"
 
-/* Random rows of norm `norm` (CreamFL's representations are L2-normalised; larger norms stress the online
- * maximum of the streaming log-sum-exp). */
-static float *rand_rows(fm_rng *rng, size_t n, size_t d, float norm)
-{
-    float *x = fm_test_alloc(n * d * sizeof(float));
-    fm_test_fill(rng, x, n * d, -1.0f, 1.0f);
-    for (size_t i = 0; i < n; i++) {
-        double s = 0.0;
-        for (size_t e = 0; e < d; e++)
-            s += (double)x[i * d + e] * x[i * d + e];
-        for (size_t e = 0; e < d; e++)
-            x[i * d + e] = (float)(norm * x[i * d + e] / sqrt(s));
-    }
-    return x;
-}
-
-/* The reference: scores (K, n), weights (K, n), agg (n, d), all float64, with a full n×n matrix per site. */
-static void naive(const float *const *reps, int K, const float *g, size_t n, size_t d, double *scores, double *w,
-                  double *agg)
-{
-    double *logits = fm_test_alloc(n * n * sizeof(double));
-    for (int k = 0; k < K; k++) {
-        for (size_t p = 0; p < n; p++)
-            for (size_t j = 0; j < n; j++) {
-                double s = 0.0;
-                for (size_t e = 0; e < d; e++)
-                    s += (double)reps[k][p * d + e] * (double)g[j * d + e];
-                logits[p * n + j] = s;
-            }
-        for (size_t p = 0; p < n; p++) {
-            double sum = 0.0;
-            for (size_t j = 0; j < n; j++)
-                sum += exp(logits[p * n + j]);
-            scores[(size_t)k * n + p] = logits[p * n + p] - log(sum);
-        }
-    }
-    free(logits);
-    for (size_t p = 0; p < n; p++) {
-        double sum = 0.0;
-        for (int k = 0; k < K; k++)
-            sum += exp(scores[(size_t)k * n + p]);
-        for (int k = 0; k < K; k++)
-            w[(size_t)k * n + p] = exp(scores[(size_t)k * n + p]) / sum;
-        for (size_t e = 0; e < d; e++) {
-            double a = 0.0;
-            for (int k = 0; k < K; k++)
-                a += w[(size_t)k * n + p] * reps[k][p * d + e];
-            agg[p * d + e] = a;
-        }
-    }
-}
-
 static void check_one(const float *const *reps, int K, const float *g, size_t n, size_t d, fm_creamfl_tiles t,
                       const char *what)
 {
     double *ws = fm_test_alloc((size_t)K * n * sizeof(double)), *ww = fm_test_alloc((size_t)K * n * sizeof(double));
     double *wa = fm_test_alloc(n * d * sizeof(double));
-    naive(reps, K, g, n, d, ws, ww, wa);
+    fm_test_creamfl_naive(reps, K, g, n, d, ws, ww, wa);
     float *scores = fm_test_alloc((size_t)K * n * sizeof(float)), *w = fm_test_alloc((size_t)K * n * sizeof(float));
     float *agg = fm_test_alloc(n * d * sizeof(float));
     assert_int_equal(fm_creamfl_ensemble_scores(reps, K, g, n, d, t, scores), FM_OK);
@@ -106,12 +55,12 @@ static void check_one(const float *const *reps, int K, const float *g, size_t n,
 static void run_case(uint64_t stream, int K_img, int K_txt, size_t n, size_t d, float norm)
 {
     fm_rng rng = fm_rng_make(fm_test_seed(), stream);
-    float *ig = rand_rows(&rng, n, d, norm), *tg = rand_rows(&rng, n, d, norm);
+    float *ig = fm_test_rows(&rng, n, d, norm), *tg = fm_test_rows(&rng, n, d, norm);
     const float *ri[8], *rt[8];
     for (int k = 0; k < K_img; k++)
-        ri[k] = rand_rows(&rng, n, d, norm);
+        ri[k] = fm_test_rows(&rng, n, d, norm);
     for (int k = 0; k < K_txt; k++)
-        rt[k] = rand_rows(&rng, n, d, norm);
+        rt[k] = fm_test_rows(&rng, n, d, norm);
     const fm_creamfl_tiles tiles[] = {{0, 0}, {1, 1}, {3, 5}, {7, 11}, {n + 3, 2}, {2, n}, {13, 1}};
     for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
         check_one(ri, K_img, tg, n, d, tiles[i], "image (vs global text)");
@@ -148,7 +97,7 @@ static void test_weights_prefer_aligned_site(void **state)
     (void)state;
     fm_rng rng = fm_rng_make(fm_test_seed(), 6);
     const size_t n = 40, d = 16;
-    float *tg = rand_rows(&rng, n, d, 1.0f), *noise = rand_rows(&rng, n, d, 1.0f);
+    float *tg = fm_test_rows(&rng, n, d, 1.0f), *noise = fm_test_rows(&rng, n, d, 1.0f);
     const float *reps[2] = {noise, tg};
     float *w = fm_test_alloc(2 * n * sizeof(float)), *agg = fm_test_alloc(n * d * sizeof(float));
     fm_creamfl_tiles t = {4, 9};
@@ -169,10 +118,10 @@ static void test_plain_mean(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 7);
     const size_t n = 23, d = 6;
     const int K = 3;
-    float *g = rand_rows(&rng, n, d, 1.0f);
+    float *g = fm_test_rows(&rng, n, d, 1.0f);
     const float *reps[3];
     for (int k = 0; k < K; k++)
-        reps[k] = rand_rows(&rng, n, d, 1.0f);
+        reps[k] = fm_test_rows(&rng, n, d, 1.0f);
     float *agg = fm_test_alloc(n * d * sizeof(float)), *w = fm_test_alloc((size_t)K * n * sizeof(float));
     double *want = fm_test_alloc(n * d * sizeof(double)), *ww = fm_test_alloc((size_t)K * n * sizeof(double));
     fm_creamfl_tiles t = {0, 0};
@@ -251,10 +200,10 @@ static void test_by_device_on_cpu(void **state)
     fm_rng rng = fm_rng_make(fm_test_seed(), 9);
     const size_t n = 31, d = 9;
     const int K = 3;
-    float *g = rand_rows(&rng, n, d, 1.0f);
+    float *g = fm_test_rows(&rng, n, d, 1.0f);
     const float *reps[3];
     for (int k = 0; k < K; k++)
-        reps[k] = rand_rows(&rng, n, d, 1.0f);
+        reps[k] = fm_test_rows(&rng, n, d, 1.0f);
     const fm_creamfl_tiles t = {4, 7};
     float *agg = fm_test_alloc(n * d * sizeof(float)), *w = fm_test_alloc((size_t)K * n * sizeof(float));
     float *agg2 = fm_test_alloc(n * d * sizeof(float)), *w2 = fm_test_alloc((size_t)K * n * sizeof(float));

@@ -1,5 +1,5 @@
 /* CreamFL over the control plane: the server's side (src/net/creamfl_srv.c over fedsrv's representation hooks),
- * the sites' streams (src/net/rep_stream.c) and the split of a round into the server's and a site's parts
+ * the sites' streams (fm_net_*_reps, src/net/rpc.c) and the split of a round into the server's and a site's parts
  * (fm_creamfl_server_* / fm_creamfl_site_*). A tiny federation (3 sites: paired, image-only, text-only; all three
  * every round) runs 2 rounds through fedsrv directly, then through a live gRPC server on 127.0.0.1; both end with
  * the server model and metrics of fm_creamfl_run (the simulation) bit for bit. On the way every kind of bad upload
@@ -20,9 +20,7 @@
 #include "testutil.h"
 
 #ifdef FEDMM_WITH_GRPC
-#include <dirent.h>
 #include <math.h>
-#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,10 +28,10 @@
 #include "fedmm/log.h"
 #include "fedmm/threads.h"
 #include "fedmm/tokenizer.h"
+#include "fedsrv_fixture.h"
 #include "net/creamfl_srv.h"
-#include "net/rep_stream.h"
+#include "net/net.h"
 
-#define SECRET "a-test-secret-of-some-length"
 #define N_SITES 3
 #define ROUNDS 2
 
@@ -58,27 +56,6 @@ static struct {
     size_t n;
     char metrics[8192];
 } g_sim;
-
-static void rm_tree(const char *dir)
-{
-    char path[700];
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-            rm_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 /* metrics.jsonl without the timings (wall_s, ensemble_s) and, unless with_bytes, the byte counts. */
 static void read_metrics(const char *dir, int with_bytes, char *out, size_t cap)
@@ -142,7 +119,7 @@ static void options(world *W, const char *tag)
     assert_int_equal(mkdir(W->out, 0775), 0);
     o->out_dir = W->out;
     for (int k = 0; k < N_SITES; k++) {
-        assert_int_equal(fm_net_site_token(SECRET, k, W->tokens[k]), FM_OK);
+        assert_int_equal(fm_net_site_token(FX_SECRET, k, W->tokens[k]), FM_OK);
         W->token_ptrs[k] = W->tokens[k];
     }
 }
@@ -176,7 +153,7 @@ static void close_world(world *W)
     fm_creamfl_close(W->server);
     free(W->global);
     fm_tokenizer_free(W->tok);
-    rm_tree(W->dir);
+    fx_rm_tree(W->dir);
 }
 
 /* Site k trains round `round` from W->global into W->up[k] and W->rep[k]. */
@@ -296,7 +273,7 @@ static int sim_setup(void **state)
     read_metrics(W.out, 1, g_sim.metrics, sizeof g_sim.metrics);
     fm_clip_destroy(server);
     fm_tokenizer_free(W.tok);
-    rm_tree(W.dir);
+    fx_rm_tree(W.dir);
     return 0;
 }
 
@@ -405,42 +382,6 @@ static void test_rounds_equal_sim(void **state)
 
 /* ---- a live server ----------------------------------------------------------------------------------------- */
 
-typedef struct live {
-    world *W;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t th;
-    int port;
-    fm_status result;
-} live;
-
-static void live_on_listen(void *ctx, int port)
-{
-    live *l = ctx;
-    pthread_mutex_lock(&l->mu);
-    l->port = port;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-}
-
-static void *live_main(void *arg)
-{
-    live *l = arg;
-    fm_net_server_options so = {.listen = "127.0.0.1:0",
-                                .call_timeout_s = 30,
-                                .release_grace_s = 5,
-                                .traffic = fm_creamfl_srv_traffic(l->W->cs),
-                                .on_listen = live_on_listen,
-                                .ctx = l};
-    l->result = fm_net_serve(fm_creamfl_srv_fedsrv(l->W->cs), &so);
-    pthread_mutex_lock(&l->mu);
-    if (l->port == 0)
-        l->port = -1;
-    pthread_cond_signal(&l->cv);
-    pthread_mutex_unlock(&l->mu);
-    return NULL;
-}
-
 /* The same federation with a live server: Join, Pull (the chunks' kinds checked by the site), a NaN in the pushed
  * representations and chunks of the adapters' kind refused with status 3 while the server goes on serving, then
  * the real pushes; the server ends with the simulation's model and metrics, byte counts included. */
@@ -450,17 +391,9 @@ static void test_live_equals_sim(void **state)
     world W;
     options(&W, "live");
     open_world(&W, "run-live");
-    live l = {.W = &W};
-    pthread_mutex_init(&l.mu, NULL);
-    pthread_cond_init(&l.cv, NULL);
-    assert_int_equal(pthread_create(&l.th, NULL, live_main, &l), 0);
-    pthread_mutex_lock(&l.mu);
-    while (l.port == 0)
-        pthread_cond_wait(&l.cv, &l.mu);
-    pthread_mutex_unlock(&l.mu);
-    assert_true(l.port > 0);
+    live l = {.srv = fm_creamfl_srv_fedsrv(W.cs), .count = fm_creamfl_srv_traffic(W.cs), .call_timeout_s = 30};
     char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", l.port);
+    live_start(&l, target, sizeof target);
     fm_net_client *c[N_SITES];
     fm_wire_task task[N_SITES];
     for (int k = 0; k < N_SITES; k++) {
@@ -528,12 +461,10 @@ static void test_live_equals_sim(void **state)
             assert_int_equal(task[k].action, round < ROUNDS ? FM_ACTION_TRAIN : FM_ACTION_DONE);
         }
     }
-    assert_int_equal(pthread_join(l.th, NULL), 0);
+    live_join(&l);
     assert_int_equal(l.result, FM_OK);
     for (int k = 0; k < N_SITES; k++)
         fm_net_client_destroy(c[k]);
-    pthread_mutex_destroy(&l.mu);
-    pthread_cond_destroy(&l.cv);
     assert_equals_sim(&W, 1);
     close_world(&W);
 }
@@ -584,7 +515,7 @@ static void test_report_checks(void **state)
     assert_int_equal(fm_creamfl_site_open(&site, &W.o, &W.synth, W.tok, FM_DEVICE_CPU, 3), FM_ERR_CONFIG);
     fm_creamfl_close(W.server);
     fm_tokenizer_free(W.tok);
-    rm_tree(W.dir);
+    fx_rm_tree(W.dir);
 }
 
 /* A parameter-FL server refuses a push header that carries CreamFL's step lists; the lists are bounded on the wire. */
@@ -598,7 +529,7 @@ static void test_parameter_fl_refuses_step_lists(void **state)
     fm_strategy *strategy = NULL;
     assert_int_equal(fm_strategy_create(&strategy, &rule, P, blocks, 1, init), FM_OK);
     char token[65];
-    assert_int_equal(fm_net_site_token(SECRET, 0, token), FM_OK);
+    assert_int_equal(fm_net_site_token(FX_SECRET, 0, token), FM_OK);
     const char *tokens[1] = {token};
     const int64_t samples[1] = {10};
     const uint8_t trained[1] = {1};

@@ -15,7 +15,6 @@
 #include "testutil.h"
 
 #ifdef FEDMM_WITH_GRPC
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,33 +45,12 @@ static void fixture_init(fixture *f)
     assert_non_null(mkdtemp(f->dir));
 }
 
-static void rm_tree(const char *dir)
-{
-    char path[600];
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-            rm_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void server_stop(fixture *f) { fx_stop(f); }
 
 static void fixture_free(fixture *f)
 {
     fx_stop(f);
-    rm_tree(f->dir);
+    fx_rm_tree(f->dir);
     fx_free(f);
 }
 

@@ -13,15 +13,6 @@
 #include "fedmm/device.h"
 #include "fedmm/strategy.h"
 
-/* Bit-for-bit equality of two floats (memcmp on floats is what clang-tidy rightly distrusts). */
-static int same_bits(float a, float b)
-{
-    uint32_t x, y;
-    memcpy(&x, &a, sizeof x);
-    memcpy(&y, &b, sizeof y);
-    return x == y;
-}
-
 static void test_weighted_sum(void **state)
 {
     (void)state;
@@ -56,7 +47,7 @@ static void test_weighted_sum(void **state)
                 float acc = 0.0f;
                 for (size_t q = 0; q < k; q++)
                     acc += w[q] * u[q][j];
-                if (!same_bits(acc, out[j]))
+                if (!fm_test_same_bits(acc, out[j]))
                     fail_msg("%s: element %zu is %.9g, the running sum %.9g", label, j, (double)out[j], (double)acc);
             }
             for (size_t q = 0; q < k; q++)

@@ -22,7 +22,8 @@ cflags=(-O2 -g -std=c11 -D_POSIX_C_SOURCE=200809L -DFEDMM_WITH_CUDA=1 -fopenmp -
     -I"$root" -I"$root/tests" "${pkg_cflags[@]}")
 libs=("${pkg_libs[@]}" -ljpeg -lm -lstdc++ -fopenmp)
 objs=()
-for f in "$root"/src/{core,cpu,ops,model,data,fl}/*.c "$root/tests/gpu/emu/emu_cuda.c" "$root/tests/testutil.c"; do
+for f in "$root"/src/{core,cpu,ops,model,data,fl}/*.c "$root/tests/gpu/emu/emu_cuda.c" "$root"/tests/{testutil,creamfl_ref}.c \
+    "$root/tests/gpu/gpu_test.c"; do
     o="$work/obj/$(echo "${f#"$root"/}" | tr / _).o"
     nice gcc "${cflags[@]}" -c "$f" -o "$o"
     objs+=("$o")
