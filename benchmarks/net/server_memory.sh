@@ -2,8 +2,9 @@
 # Server peak memory with K sites pushing a ~100 MB update each at once: a real `fedmm server` on a model whose
 # trainable vector is 26,186,241 floats (104.7 MB: clip-small with full fine-tuning and width 512), K sites
 # (fedmm_bench_net sites --together --no-pull: every site joins, then all push at the same moment; they skip
-# Pull so that the load generator does not hold K copies of the model). The server takes one call at a time,
-# so the pushes arrive in an arbitrary site order and those ahead of their turn are parked (docs/protocol.md).
+# Pull so that the load generator does not hold K copies of the model). The server takes calls concurrently
+# (up to max(4, net.park_memory_mb / 4P) pushes being received at once), the pushes arrive in an arbitrary site
+# order, and those ahead of their turn are parked (docs/protocol.md).
 # Peak RSS of the server process by GNU time; first with K = 1 (the O(P) floor), then K sites with each
 # net.park_memory_mb in PARK (when this fedmm has the key; else once without it).
 # Usage: benchmarks/net/server_memory.sh [K=32] [PARK="256 100000"] [SKIP_FLOOR=1 to skip the K = 1 run]
