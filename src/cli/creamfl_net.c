@@ -113,9 +113,7 @@ static fm_status serve(fm_cli_run *run, const fm_creamfl_options *o, const fm_cl
     if (st == FM_OK) {
         fm_creamfl_wire w;
         fm_creamfl_wire_layout(&w, cf, o, &run->synth);
-        /* pushes receiving at once hold a staging vector each: as many as net.park_memory_mb holds, at least 4 */
-        const double stageable = park_bytes / ((double)w.P * sizeof(float));
-        const int max_pushes = stageable >= 1e6 ? 1000000 : stageable < 4 ? 4 : (int)stageable;
+        const int max_pushes = fm_net_receiving_slots(park_bytes, (double)w.P * sizeof(float));
         FM_INFO("server: creamfl run %s, %d sites, %d per round, %d rounds, |P| %zu, d %zu, representations %s%s",
                 fm_fedsrv_run_id(srv), N, o->sites_per_round, o->rounds, w.n, w.d, o->rep_bf16 ? "bf16" : "fp32",
                 no->codec.compression == FM_WIRE_ZSTD ? " + zstd" : "");

@@ -178,12 +178,9 @@ static fm_status serve(fm_cli_run *run, const fm_sim_options *o, const fm_cli_ne
              fm_strategy_name(o->strategy.kind), s.N, o->sites_per_round, o->sites_per_round + o->over_select_sites,
              o->rounds, (long long)o->local_steps);
     const double park_bytes = no->park_memory_mb * 1024.0 * 1024.0;
-    /* pushes receiving at once hold a staging vector each (P floats, 2P with SCAFFOLD's Δc_i): as many as
-     * net.park_memory_mb holds, at least 4 (so that a few stalled sites do not hold the others' pushes until
-     * net.call_timeout_s) */
+    /* pushes receiving at once hold a staging vector each: P floats, 2P with SCAFFOLD's Δc_i */
     const double width = o->strategy.kind == FM_STRATEGY_SCAFFOLD ? 2.0 : 1.0;
-    const double stageable = park_bytes / ((double)(P ? P : 1) * width * sizeof(float));
-    const int max_pushes = stageable >= 1e6 ? 1000000 : stageable < 4 ? 4 : (int)stageable;
+    const int max_pushes = fm_net_receiving_slots(park_bytes, (double)P * width * sizeof(float));
     if (st == FM_OK) {
         fm_fedsrv_config fc = {.run_id = run_id,
                                .rounds = o->rounds,

@@ -65,6 +65,11 @@ typedef struct fm_net_server_options {
  * Bad calls get an error status and the server goes on serving. */
 fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o);
 
+/* fm_net_server_options.max_pushes for pushes of `push_bytes` each (their staging vectors): as many as
+ * `park_bytes` (net.park_memory_mb) holds, at least 4 (so that a few stalled sites do not hold the others' pushes
+ * until net.call_timeout_s), at most 1,000,000. */
+int fm_net_receiving_slots(double park_bytes, double push_bytes);
+
 typedef struct fm_net_client fm_net_client;
 
 /* A channel to `target` ("HOST:PORT") sending `token` as "authorization: Bearer <token>" on every call. */

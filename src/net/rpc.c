@@ -762,6 +762,12 @@ static void expire(server *S, double now)
     }
 }
 
+int fm_net_receiving_slots(double park_bytes, double push_bytes)
+{
+    const double stageable = park_bytes / (push_bytes > 1 ? push_bytes : 1);
+    return stageable >= 1e6 ? 1000000 : stageable < 4 ? 4 : (int)stageable;
+}
+
 fm_status fm_net_serve(fm_fedsrv *srv, const fm_net_server_options *o)
 {
     static const int tag_shutdown_storage = 0;
@@ -1045,26 +1051,39 @@ static int says_busy(const grpc_metadata_array *trailing)
 typedef int (*produce_fn)(void *ctx, fm_wire_buf *out);
 typedef fm_status (*consume_fn)(void *ctx, const fm_wire_buf *in);
 
-static fm_status client_call(fm_net_client *c, const char *method, produce_fn produce, consume_fn consume, void *ctx)
+/* Opens a call of `method` with the site's bearer token as metadata and sends that metadata; *ok says whether the
+ * send went through. The caller unrefs *token once the call is over. */
+static grpc_call *open_client_call(fm_net_client *c, const char *method, gpr_timespec deadline, grpc_slice *token,
+                                   int *ok)
 {
-    grpc_slice mslice = grpc_slice_from_static_string(method);
-    grpc_call *call = grpc_channel_create_call(
-        c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, mslice, NULL,
-        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis((int64_t)(c->timeout_s * 1000), GPR_TIMESPAN)),
-        NULL);
+    grpc_slice mslice = grpc_slice_from_copied_string(method);
+    grpc_call *call =
+        grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, mslice, NULL, deadline, NULL);
     grpc_slice_unref(mslice);
-    fm_status local = FM_OK;
-    char local_msg[512] = "";
     grpc_metadata md;
     memset(&md, 0, sizeof md);
     md.key = grpc_slice_from_static_string("authorization");
     md.value = grpc_slice_from_copied_string(c->bearer);
+    *token = md.value;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    op.data.send_initial_metadata.count = 1;
+    op.data.send_initial_metadata.metadata = &md;
+    *ok = run_batch(call, c->cq, &op, 1, c->timeout_s);
+    return call;
+}
+
+static fm_status client_call(fm_net_client *c, const char *method, produce_fn produce, consume_fn consume, void *ctx)
+{
+    const gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis((int64_t)(c->timeout_s * 1000), GPR_TIMESPAN));
+    grpc_slice token;
+    int ok;
+    grpc_call *call = open_client_call(c, method, deadline, &token, &ok);
+    fm_status local = FM_OK;
+    char local_msg[512] = "";
     grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 1;
-    ops[0].data.send_initial_metadata.metadata = &md;
-    int ok = run_batch(call, c->cq, ops, 1, c->timeout_s);
     fm_wire_buf buf = {0};
     while (ok) {
         int r = produce(ctx, &buf);
@@ -1145,7 +1164,7 @@ static fm_status client_call(fm_net_client *c, const char *method, produce_fn pr
         gpr_free((void *)error_string);
     grpc_metadata_array_destroy(&trailing);
     grpc_metadata_array_destroy(&imd);
-    grpc_slice_unref(md.value);
+    grpc_slice_unref(token);
     grpc_call_unref(call);
     fm_wire_buf_free(&buf);
     c->last_code = (int)status;
@@ -1446,20 +1465,10 @@ int fm_net_call_raw(fm_net_client *c, const char *method, const fm_wire_buf *msg
 int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_buf *msgs, size_t n, double stall_s,
                           void (*sent)(void *ctx), void *ctx)
 {
-    grpc_slice mslice = grpc_slice_from_copied_string(method);
-    grpc_call *call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, mslice, NULL,
-                                               gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    grpc_slice_unref(mslice);
-    grpc_metadata md;
-    memset(&md, 0, sizeof md);
-    md.key = grpc_slice_from_static_string("authorization");
-    md.value = grpc_slice_from_copied_string(c->bearer);
+    grpc_slice token;
+    int ok;
+    grpc_call *call = open_client_call(c, method, gpr_inf_future(GPR_CLOCK_REALTIME), &token, &ok);
     grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 1;
-    ops[0].data.send_initial_metadata.metadata = &md;
-    int ok = run_batch(call, c->cq, ops, 1, c->timeout_s);
     for (size_t i = 0; ok && i < n; i++) {
         fm_wire_buf b = {.data = malloc(msgs[i].len ? msgs[i].len : 1), .len = msgs[i].len};
         if (!b.data)
@@ -1493,7 +1502,7 @@ int fm_net_call_raw_stall(fm_net_client *c, const char *method, const fm_wire_bu
     grpc_slice_unref(details);
     grpc_metadata_array_destroy(&imd);
     grpc_metadata_array_destroy(&trailing);
-    grpc_slice_unref(md.value);
+    grpc_slice_unref(token);
     grpc_call_unref(call);
     return c->last_code;
 }

@@ -6,9 +6,7 @@
 #     the server is on, and the run ends bit-identical to `fedmm sim` with no push refused.
 # Every process runs under `timeout`; waits poll log lines, never fixed sleeps.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 # 20 local steps: long enough that the kill lands while site 2 trains (it is sent 0.05 s after the log line)
 base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_steps=20 --set fl.sites=3

@@ -4,9 +4,7 @@
 # every round's metrics, and each site had only its own key. Its arguments are the compose file's (checked word for
 # word against the file's text).
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 command -v openssl >/dev/null || { echo "SKIP: openssl not found (the script makes test certificates)"; exit 77; }
 
 # the same arguments as the compose file: every word of the script's argument lists appears in its commands

@@ -6,9 +6,7 @@
 # as compressed); a server killed with SIGKILL and restarted with --resume carries the running clients on to sim's
 # model; with a round deadline a site that never comes is done without. Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 base=(--config experiments/creamfl-quick.yaml --set log_level=warn --set data.train_size=600
       --set data.image_only_size=300 --set data.text_only_size=300 --set data.public_size=64 --set data.test_size=64

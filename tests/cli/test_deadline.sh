@@ -4,9 +4,7 @@
 # at the deadline with sites 0 and 1 and the run finishes; with fl.min_sites = 3 it keeps waiting and says why.
 # Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 base=(--config experiments/quickstart.yaml --set fl.rounds=2 --set fl.local_steps=2 --set fl.sites=3
       --set fl.cross_k=3 --set fl.sites_per_round=3 --set fl.eval_size=100 --set data.train_size=600

@@ -6,9 +6,7 @@
 # bad values of the keys are refused before anything runs. SCAFFOLD's control variates travel in the same
 # encoding (int8 + zstd), and the run still equals sim's. Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_steps=2 --set fl.sites=4
       --set fl.sites_per_round=3 --set fl.eval_size=100 --set data.train_size=2000 --set log_level=warn

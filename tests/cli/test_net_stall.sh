@@ -14,9 +14,7 @@
 #     not push its stale update. net.release_grace_s = 300 lets the server wait for every site to hear DONE.
 # Every process runs under `timeout`; waits poll files and log lines, never fixed sleeps.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 STALL=${FEDMM_NET_STALL:-$(dirname "$FEDMM")/tests/fedmm_test_net_stall}
 [ -x "$STALL" ] || { fail "no staller at $STALL (build the fedmm_test_net_stall target)"; finish; }
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"

@@ -7,9 +7,7 @@
 #     refused as stale, it carries on, and everyone exits 0.
 # Every process runs under `timeout`; waits poll files and log lines, never fixed sleeps.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_steps=20 --set fl.sites=3
       --set fl.sites_per_round=2 --set fl.over_select=0.5 --set fl.eval_size=100 --set data.train_size=600

@@ -8,9 +8,7 @@
 # (Server + clients against sim without faults: test_server_clients.sh; with encodings: test_net_encoding.sh; a
 # killed server resumed: test_server_resume.sh.) Every process runs under `timeout`; waits poll log lines.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 # 20 local steps: the kill (0.05 s after the log line) lands while site 2 pulls or trains round 2
 base=(--config experiments/quickstart.yaml --set fl.strategy=scaffold --set fl.rounds=3 --set fl.local_steps=20

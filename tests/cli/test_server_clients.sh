@@ -5,9 +5,7 @@
 # blocks), and with SCAFFOLD (the server's c travels with the global vector, each site's Δc_i with its update; each
 # site keeps c_i in its --out). Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 base=(--config experiments/quickstart.yaml --set fl.rounds=3 --set fl.local_steps=2 --set fl.sites=4
       --set fl.sites_per_round=3 --set fl.eval_size=100 --set data.train_size=2000 --set log_level=warn

@@ -5,9 +5,7 @@
 # refused quickly and clearly while the good clients finish; a missing PEM file fails with exit 2 naming it.
 # Every process runs under `timeout`.
 source "$(dirname "$0")/lib.sh"
-if ! "$FEDMM" server --help >/dev/null 2>&1; then
-  echo "SKIP: this fedmm has no gRPC control plane"; exit 77
-fi
+needs_control_plane
 command -v openssl >/dev/null || { echo "SKIP: openssl not installed"; exit 77; }
 export FEDMM_SECRET="test-secret-$RANDOM-0123456789abcdef"
 C=$WORK/certs
