@@ -57,6 +57,8 @@ typedef struct fm_local_task {
     const fm_strategy_block *blocks;    /* the model's blocks (adaptive regularization) */
     size_t n_blocks;
     const float *c_global, *c_local; /* SCAFFOLD's c and ck (P floats each), else NULL */
+    float *grad_mean_out; /* SCAFFOLD: receives the mean over the local steps of the raw minibatch gradient, before
+                           * the correction (P host floats: fm_scaffold_site_update's ck⁺); NULL = not wanted */
 } fm_local_task;
 
 /* Trains `site` from `start` (P host floats, the global vector) for task->local_steps steps and writes the

@@ -45,7 +45,7 @@ typedef enum fm_strategy_kind {
     FM_STRATEGY_FEDADAGRAD,   /* FedOpt, Reddi et al. 2021 Algorithm 2 */
     FM_STRATEGY_FEDADAM,      /* FedOpt, Reddi et al. 2021 Algorithm 2 */
     FM_STRATEGY_FEDYOGI,      /* FedOpt, Reddi et al. 2021 Algorithm 2 */
-    FM_STRATEGY_SCAFFOLD,     /* control variates, Karimireddy et al. 2020, option II */
+    FM_STRATEGY_SCAFFOLD,     /* control variates, Karimireddy et al. 2020 (site variates: fm_scaffold_site_update) */
     FM_STRATEGY_MEDIAN,       /* coordinate-wise median of the deltas, Yin et al. 2018 */
     FM_STRATEGY_TRIMMED_MEAN, /* coordinate-wise β-trimmed mean of the deltas, Yin et al. 2018 */
     FM_STRATEGY_KRUM,         /* the one delta with the best Krum score, Blanchard et al. 2017 */
@@ -238,13 +238,17 @@ fm_status fm_adaptive_reg_weights(float *weights, size_t n, const fm_strategy_bl
  * FM_ERR_INVALID_ARG for a NULL corr or grad; on the CPU nothing else can fail; FM_ERR_CUDA from a failed launch. */
 fm_status fm_site_correct_grad(float *grad, const float *params, const fm_site_correction *corr, size_t n);
 
-/* SCAFFOLD option II after K local steps at learning rate lr_local (Karimireddy et al. 2020, Alg. 1 l. 12):
- *   ck⁺ = ck − c + (x − yk)/(K·lr_local),   Δck = ck⁺ − ck,
- * with x the global vector the site started from and yk its trained vector (Δyk = yk − x is the update's
- * delta). ci_new_out may alias ci. Call it over the blocks the site trained only (keep ck elsewhere), since
- * the server ignores Δck on untrained blocks. FM_ERR_INVALID_ARG for K < 1 or lr_local ≤ 0. */
-fm_status fm_scaffold_site_update(const float *ci, const float *c, const float *x_global, const float *y_local,
-                                  int64_t local_steps, float lr_local, size_t n, float *ci_new_out, float *dc_out);
+/* SCAFFOLD's site control variate after local training (Karimireddy et al. 2020, Alg. 1 l. 12, option I with the
+ * local steps' own minibatch gradients in place of an extra pass over the site's data):
+ *   ck⁺ = grad_mean = (1/K) Σ_steps gk(y_step),   Δck = ck⁺ − ck,
+ * grad_mean the mean over the K local steps of the raw minibatch gradient, before any correction
+ * (fm_local_task.grad_mean_out). Option II's ck − c + (x − yk)/(K·ηl) estimates the same thing only when the
+ * local steps are plain SGD. fedmm's sites step with AdamW, whose steps are normalised: (x − yk)/(K·ηl) is then
+ * O(1) in every coordinate whatever the gradient's scale, the correction c − ck swamps the gradient, and SCAFFOLD
+ * ended at chance in every setting of the fedmllm suite (docs/benchmarks.md). ci_new_out may alias ci or grad_mean.
+ * Call it over the blocks the site trained only (keep ck elsewhere), since the server ignores Δck on untrained blocks.
+ * FM_ERR_INVALID_ARG for a NULL argument, FM_ERR_NOT_FINITE for a non-finite grad_mean. */
+fm_status fm_scaffold_site_update(const float *ci, const float *grad_mean, size_t n, float *ci_new_out, float *dc_out);
 
 /* ---- robust building blocks (plain arrays; one update per pointer, each n floats) ------------------------ */
 

@@ -221,7 +221,10 @@ static fm_status train_round(void *ctx, fm_wire_task *task, int *fresh)
                             .blocks = c->blocks,
                             .n_blocks = c->nb,
                             .c_global = c->scaffold ? c->c_global : NULL,
-                            .c_local = c->scaffold ? c->ci : NULL};
+                            .c_local = c->scaffold ? c->ci : NULL,
+                            /* SCAFFOLD's c_i⁺, the mean raw gradient; no push is pending here (scaffold_sync settled
+                             * it when this round's task came) */
+                            .grad_mean_out = c->scaffold ? c->ci_new : NULL};
         double loss = 0.0;
         FM_TRY(fm_site_train(c->trainer, site, &lt, c->global, c->local, &loss));
         /* an attacker site (fl.malicious_sites, robustness experiments) sends its update sign-flipped, scaled */
@@ -229,8 +232,7 @@ static fm_status train_round(void *ctx, fm_wire_task *task, int *fresh)
         for (size_t j = 0; j < P; j++)
             c->delta[j] = factor * (c->local[j] - c->global[j]);
         if (c->scaffold) { /* c_i⁺ and Δc_i as `fedmm sim` computes them; c_i⁺ is kept once the push is aggregated */
-            FM_TRY(fm_scaffold_site_update(c->ci, c->c_global, c->global, c->local, o->local_steps, (float)o->local.lr,
-                                           P, c->ci_new, c->dc));
+            FM_TRY(fm_scaffold_site_update(c->ci, c->ci_new, P, c->ci_new, c->dc));
             /* a block the site cannot train keeps its c_i, and nothing of it is sent */
             for (size_t b = 0; b < c->nb; b++) {
                 if (c->trained[b])

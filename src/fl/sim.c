@@ -175,7 +175,9 @@ static fm_status train_site(sim *s, int k, int round, const float *start, double
                           .blocks = s->blocks,
                           .n_blocks = s->nb,
                           .c_global = o->local_only ? NULL : s->c_pulled,
-                          .c_local = ck};
+                          .c_local = ck,
+                          /* SCAFFOLD: the mean raw gradient, ck⁺ (fm_scaffold_site_update) */
+                          .grad_mean_out = ck ? s->ci_new : NULL};
     return fm_site_train(s->trainer, &s->sites[k], &task, start, s->local, mean_loss);
 }
 
@@ -400,8 +402,8 @@ static fm_status run_round(sim *s, int round, double *train_loss)
         if (scaffold) {
             /* from what the site received: the global vector and c as decoded (float32: exactly the server's) */
             float *ck = s->site_state + (size_t)k * s->P;
-            FM_TRY(fm_scaffold_site_update(ck, s->c_pulled, pulled, s->local, o->local_steps, (float)o->local.lr, s->P,
-                                           s->ci_new, s->dc));
+            FM_TRY(fm_scaffold_site_update(ck, s->ci_new, s->P, s->ci_new,
+                                           s->dc)); /* train_site left the mean gradient in ci_new */
             /* A block the site cannot train (a tower whose modality it lacks) moved only by the correction
              * c − ck: its control variate stays as it was and nothing of it is sent. */
             for (size_t b = 0; b < s->nb; b++) {

@@ -80,6 +80,7 @@ struct fm_site_trainer {
     uint8_t *bmod;    /* (B) */
     int32_t *blabels; /* (B) */
     int64_t *pos;     /* (B) positions within a site */
+    float *grad_host; /* (P) a device gradient's host copy, for fm_local_task.grad_mean_out; allocated on first use */
 };
 
 void fm_site_trainer_destroy(fm_site_trainer *t)
@@ -93,6 +94,7 @@ void fm_site_trainer_destroy(fm_site_trainer *t)
     free(t->bmod);
     free(t->blabels);
     free(t->pos);
+    free(t->grad_host);
     free(t);
 }
 
@@ -133,6 +135,20 @@ fm_status fm_site_trainer_create(fm_site_trainer **out, fm_clip *model, const fm
     return FM_OK;
 }
 
+/* sum (P host floats) += the model's trainable gradient; a device gradient is copied to the host first (one
+ * P-float copy a local step, SCAFFOLD only). */
+static fm_status add_gradient(fm_site_trainer *t, float *sum)
+{
+    const float *g = fm_clip_trainable_grad(t->model);
+    if (t->device != FM_DEVICE_CPU) {
+        FM_TRY(fm_device_copy(t->grad_host, FM_DEVICE_CPU, g, t->device, t->P * sizeof(float)));
+        g = t->grad_host;
+    }
+    for (size_t i = 0; i < t->P; i++)
+        sum[i] += g[i];
+    return FM_OK;
+}
+
 static uint64_t mix(uint64_t a, uint64_t b) { return (a ^ (b + 0x9E3779B97F4A7C15ULL + (a << 6) + (a >> 2))); }
 
 fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_local_task *task, const float *start,
@@ -162,6 +178,14 @@ fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_l
             return ds;
         }
     }
+    float *gsum = task->grad_mean_out;
+    if (gsum) {
+        if (t->device != FM_DEVICE_CPU && !t->grad_host && !(t->grad_host = malloc(t->P * sizeof(float)))) {
+            fm_site_correction_free(&corr);
+            return fm_error(FM_ERR_NO_MEMORY, "site %d: out of memory for the mean gradient", k);
+        }
+        memset(gsum, 0, t->P * sizeof(float));
+    }
     fm_sampler smp;
     fm_status st = fm_sampler_init(&smp, NULL, site->n, mix(mix(task->seed, (uint64_t)round), (uint64_t)k));
     double loss_sum = 0.0;
@@ -189,6 +213,8 @@ fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_l
         if (st == FM_OK && !isfinite(loss))
             st = fm_error(FM_ERR_NOT_FINITE, "site %d round %d step %lld: loss is %f", k, round, (long long)step,
                           (double)loss);
+        if (st == FM_OK && gsum) /* the raw gradient, before the correction: SCAFFOLD's ck⁺ is its mean */
+            st = add_gradient(t, gsum);
         if (st == FM_OK && corrected) /* on the model's device: corr was moved there above */
             st = fm_site_correct_grad(fm_clip_trainable_grad(t->model), fm_clip_trainable(t->model), &corr, t->P);
         if (st == FM_OK)
@@ -198,6 +224,11 @@ fm_status fm_site_train(fm_site_trainer *t, const fm_site_data *site, const fm_l
     fm_sampler_free(&smp);
     fm_site_correction_free(&corr);
     FM_TRY(st);
+    if (gsum) {
+        const float inv = 1.0f / (float)task->local_steps;
+        for (size_t i = 0; i < t->P; i++)
+            gsum[i] *= inv;
+    }
     *mean_loss = loss_sum / (double)task->local_steps;
     return fm_device_copy(local_out, FM_DEVICE_CPU, fm_clip_trainable(t->model), t->device, t->P * sizeof(float));
 }

@@ -1,6 +1,7 @@
 /* Site-side halves of the strategies: the gradient corrections applied before each local optimizer step
  * (FedProx's and adaptive regularization's proximal term, SCAFFOLD's c − ck; on the CPU here, on the GPU through
  * kernels/aggregate.cu) and SCAFFOLD's control-variate update after local training. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -207,26 +208,19 @@ fm_status fm_site_correct_grad(float *grad, const float *params, const fm_site_c
     return FM_OK;
 }
 
-fm_status fm_scaffold_site_update(const float *ci, const float *c, const float *x_global, const float *y_local,
-                                  int64_t local_steps, float lr_local, size_t n, float *ci_new_out, float *dc_out)
+fm_status fm_scaffold_site_update(const float *ci, const float *grad_mean, size_t n, float *ci_new_out, float *dc_out)
 {
-    if (!ci || !c || !x_global || !y_local || !ci_new_out || !dc_out)
+    if (!ci || !grad_mean || !ci_new_out || !dc_out)
         return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: NULL argument");
-    if (local_steps < 1)
-        return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: %lld local steps; needs at least 1",
-                        (long long)local_steps);
-    if (!(lr_local > 0.0f))
-        return fm_error(FM_ERR_INVALID_ARG, "fm_scaffold_site_update: local learning rate %g must be > 0",
-                        (double)lr_local);
-    /* Option II: (x − y)/(K·ηl) is the average corrected gradient over the local steps, so ck⁺ estimates the
-     * site's own gradient without an extra pass over its data. */
-    double inv = 1.0 / ((double)local_steps * (double)lr_local);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(grad_mean[i]))
+            return fm_error(FM_ERR_NOT_FINITE, "fm_scaffold_site_update: mean gradient[%zu] is %f", i,
+                            (double)grad_mean[i]);
 #pragma omp parallel for schedule(static) if (n >= SITE_OMP_MIN)
     for (size_t i = 0; i < n; i++) {
-        double old = ci[i];
-        double nw = old - (double)c[i] + ((double)x_global[i] - (double)y_local[i]) * inv;
-        dc_out[i] = (float)(nw - old);
-        ci_new_out[i] = (float)nw; /* written last: ci_new_out may alias ci */
+        const float old = ci[i];
+        dc_out[i] = grad_mean[i] - old;
+        ci_new_out[i] = grad_mean[i]; /* written last: ci_new_out may alias ci */
     }
     return FM_OK;
 }

@@ -1,8 +1,8 @@
-/* SCAFFOLD (Karimireddy et al. 2020, option II): the server rule against a hand-computed reference, the
- * site-side control-variate update, and a toy federation of 10 sites with heterogeneous quadratic objectives
- * f_k(x) = ½‖A_k x − b_k‖², trained with local gradient steps written here: the control variates become non-zero,
- * approach ck = ∇f_k(x*) (∇f(x*) = 0), stay averaged into c, and SCAFFOLD ends far closer to the optimum than
- * FedAvg in the same number of rounds. */
+/* SCAFFOLD (Karimireddy et al. 2020, site variates from the mean local gradient): the server rule against a
+ * hand-computed reference, the site-side control-variate update, and a toy federation of 10 sites with heterogeneous
+ * quadratic objectives f_k(x) = ½‖A_k x − b_k‖², trained with local gradient steps written here: the control variates
+ * become non-zero, approach ck = ∇f_k(x*) (∇f(x*) = 0), stay averaged into c, and SCAFFOLD ends far closer to the
+ * optimum than FedAvg in the same number of rounds. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,24 +96,38 @@ static void test_site_update(void **state)
     (void)state;
     fm_rng rng = fm_rng_make(fm_test_seed(), 22);
     enum { N = 11 };
-    float ci[N], c[N], x[N], y[N], cn[N], dc[N];
+    float ci[N], c[N], gm[N], cn[N], dc[N];
     fm_test_fill(&rng, ci, N, -1.0f, 1.0f);
     fm_test_fill(&rng, c, N, -1.0f, 1.0f);
-    fm_test_fill(&rng, x, N, -1.0f, 1.0f);
-    fm_test_fill(&rng, y, N, -1.0f, 1.0f);
-    assert_int_equal(fm_scaffold_site_update(ci, c, x, y, 7, 0.03f, N, cn, dc), FM_OK);
+    fm_test_fill(&rng, gm, N, -1.0f, 1.0f);
+    /* ck⁺ = the mean gradient, Δck = ck⁺ − ck */
+    assert_int_equal(fm_scaffold_site_update(ci, gm, N, cn, dc), FM_OK);
     double want[N], wdc[N];
     for (size_t i = 0; i < N; i++) {
-        want[i] = (double)ci[i] - c[i] + ((double)x[i] - y[i]) / (7 * 0.03);
-        wdc[i] = want[i] - ci[i];
+        want[i] = gm[i];
+        wdc[i] = (double)gm[i] - ci[i];
     }
-    fm_test_assert_close("ck+", cn, want, N, 1e-5, 1e-5);
-    fm_test_assert_close("dck", dc, wdc, N, 1e-5, 1e-5);
-    /* in place */
-    assert_int_equal(fm_scaffold_site_update(ci, c, x, y, 7, 0.03f, N, ci, dc), FM_OK);
-    fm_test_assert_close("ck+ in place", ci, want, N, 1e-5, 1e-5);
-    assert_int_equal(fm_scaffold_site_update(ci, c, x, y, 0, 0.03f, N, cn, dc), FM_ERR_INVALID_ARG);
-    assert_int_equal(fm_scaffold_site_update(ci, c, x, y, 3, 0.0f, N, cn, dc), FM_ERR_INVALID_ARG);
+    fm_test_assert_close("ck+", cn, want, N, 0.0, 0.0);
+    fm_test_assert_close("dck", dc, wdc, N, 1e-6, 1e-6);
+    /* in place over ck, and over the mean gradient (as sim and the client call it) */
+    float ci2[N], gm2[N];
+    memcpy(ci2, ci, sizeof(ci2));
+    memcpy(gm2, gm, sizeof(gm2));
+    assert_int_equal(fm_scaffold_site_update(ci2, gm, N, ci2, dc), FM_OK);
+    fm_test_assert_close("ck+ over ck", ci2, want, N, 0.0, 0.0);
+    fm_test_assert_close("dck over ck", dc, wdc, N, 1e-6, 1e-6);
+    assert_int_equal(fm_scaffold_site_update(ci, gm2, N, gm2, dc), FM_OK);
+    fm_test_assert_close("ck+ over the gradient", gm2, want, N, 0.0, 0.0);
+    fm_test_assert_close("dck over the gradient", dc, wdc, N, 1e-6, 1e-6);
+    /* a non-finite gradient is refused before anything is written */
+    float bad[N];
+    memcpy(bad, gm, sizeof(bad));
+    bad[4] = NAN;
+    memcpy(ci2, ci, sizeof(ci2));
+    assert_int_equal(fm_scaffold_site_update(ci2, bad, N, ci2, dc), FM_ERR_NOT_FINITE);
+    assert_non_null(strstr(fm_last_error(), "mean gradient[4]"));
+    assert_memory_equal(ci2, ci, sizeof(ci2));
+    assert_int_equal(fm_scaffold_site_update(ci, NULL, N, cn, dc), FM_ERR_INVALID_ARG);
     /* the gradient correction: g += c − ck */
     float g0[N], g[N];
     fm_test_fill(&rng, g0, N, -1.0f, 1.0f);
@@ -243,7 +257,7 @@ static double federate(const toy *t, fm_strategy_kind kind, int per_round, float
             next = (next + 1) % NS;
             fm_site_correction corr;
             assert_int_equal(fm_site_correction_prepare(&corr, &cfg, D, NULL, 0, x, c, ck[k]), FM_OK);
-            float y[D];
+            float y[D], gmean[D] = {0};
             memcpy(y, x, sizeof(y));
             for (int step = 0; step < LOCAL_STEPS; step++) {
                 double yd[D], gd[D];
@@ -251,8 +265,10 @@ static double federate(const toy *t, fm_strategy_kind kind, int per_round, float
                     yd[i] = y[i];
                 grad_k(t, k, yd, gd);
                 float g[D];
-                for (int i = 0; i < D; i++)
+                for (int i = 0; i < D; i++) {
                     g[i] = (float)gd[i];
+                    gmean[i] += g[i] / LOCAL_STEPS; /* the raw gradient's mean: ck⁺ */
+                }
                 fm_site_correct_grad(g, y, &corr, D);
                 for (int i = 0; i < D; i++)
                     y[i] -= (float)t->lr * g[i];
@@ -263,8 +279,7 @@ static double federate(const toy *t, fm_strategy_kind kind, int per_round, float
                 delta[i] = y[i] - x[i];
             fm_site_update u = {.n_params = D, .delta = delta, .weight = 1.0};
             if (kind == FM_STRATEGY_SCAFFOLD) {
-                assert_int_equal(fm_scaffold_site_update(ck[k], c, x, y, LOCAL_STEPS, (float)t->lr, D, ck[k], dc),
-                                 FM_OK);
+                assert_int_equal(fm_scaffold_site_update(ck[k], gmean, D, ck[k], dc), FM_OK);
                 u.control_delta = dc;
             }
             assert_int_equal(fm_strategy_add_update(st, &u), FM_OK);
