@@ -50,7 +50,7 @@ typedef struct fm_scenario_config {
      * so the missing / cross / hybrid presets use alpha = 0.5; the aligned presets vary it (5 / 1 / 0.5). */
     double alpha;
     double missing_rate;     /* MISSING: probability a sample loses one modality, [0, 1] */
-    int cross_k;             /* CROSS: number of image-only sites, [0, num_sites] */
+    int cross_k;             /* CROSS: number of image-only sites, [0, num_sites] (≥ 0 checked always) */
     double hybrid_q;         /* HYBRID: probability a site lacks a given modality, [0, 1] */
     fm_attribute label_attr; /* attribute whose classes the skew is over (default FM_ATTR_KIND) */
     int num_sites;           /* >= 1 (default 10) */

@@ -111,7 +111,8 @@ fm_status fm_scenario_validate(const fm_scenario_config *c)
         return fm_error(FM_ERR_CONFIG, "scenario: min_site_size %lld must be >= 0", (long long)c->min_site_size);
     if (!(c->missing_rate >= 0.0 && c->missing_rate <= 1.0))
         return fm_error(FM_ERR_CONFIG, "scenario: missing_rate %g is outside [0, 1]", c->missing_rate);
-    if (c->cross_k < 0 || c->cross_k > c->num_sites)
+    /* the bound on cross_k only where it is used: the default 3 must not refuse an aligned run of 2 sites */
+    if (c->cross_k < 0 || (c->scenario == FM_SCENARIO_CROSS && c->cross_k > c->num_sites))
         return fm_error(FM_ERR_CONFIG, "scenario: cross_k %d is outside [0, num_sites = %d]", c->cross_k, c->num_sites);
     if (!(c->hybrid_q >= 0.0 && c->hybrid_q <= 1.0))
         return fm_error(FM_ERR_CONFIG, "scenario: hybrid_q %g is outside [0, 1]", c->hybrid_q);

@@ -402,8 +402,12 @@ static fm_status run_round(sim *s, int round, double *train_loss)
         if (scaffold) {
             /* from what the site received: the global vector and c as decoded (float32: exactly the server's) */
             float *ck = s->site_state + (size_t)k * s->P;
-            FM_TRY(fm_scaffold_site_update(ck, s->ci_new, s->P, s->ci_new,
-                                           s->dc)); /* train_site left the mean gradient in ci_new */
+            /* train_site left the mean gradient in ci_new; a non-finite one is refused and ends the round */
+            stw = fm_scaffold_site_update(ck, s->ci_new, s->P, s->ci_new, s->dc);
+            if (stw != FM_OK) {
+                fm_strategy_abort_round(s->strategy);
+                return stw;
+            }
             /* A block the site cannot train (a tower whose modality it lacks) moved only by the correction
              * c − ck: its control variate stays as it was and nothing of it is sent. */
             for (size_t b = 0; b < s->nb; b++) {

@@ -50,6 +50,8 @@ static void corrected_case(fm_strategy_kind kind)
     float *start = fm_test_alloc(P * sizeof(float)), *oc = fm_test_alloc(P * sizeof(float));
     float *og = fm_test_alloc(P * sizeof(float)), *plain = fm_test_alloc(P * sizeof(float));
     float *cg = fm_test_alloc(P * sizeof(float)), *ck = fm_test_alloc(P * sizeof(float));
+    /* SCAFFOLD: the mean raw gradient over the local steps (ck⁺), collected from the device on the GPU */
+    float *gm_c = fm_test_alloc(P * sizeof(float)), *gm_g = fm_test_alloc(P * sizeof(float));
     FM_CHECK_OK(fm_clip_get_trainable(cpu, start, P));
     fm_rng rng = fm_rng_make(fm_test_seed(), 31);
     for (size_t i = 0; i < fm_clip_num_slices(cpu); i++) {
@@ -77,8 +79,24 @@ static void corrected_case(fm_strategy_kind kind)
                               .c_global = kind == FM_STRATEGY_SCAFFOLD ? cg : NULL,
                               .c_local = kind == FM_STRATEGY_SCAFFOLD ? ck : NULL};
         double lc = 0.0, lg = 0.0, lp = 0.0;
-        FM_CHECK_OK(fm_site_train(tc, &sites[k], &task, start, oc, &lc));
-        FM_CHECK_OK(fm_site_train(tg, &sites[k], &task, start, og, &lg));
+        fm_local_task tcpu = task, tgpu = task;
+        if (kind == FM_STRATEGY_SCAFFOLD) {
+            tcpu.grad_mean_out = gm_c;
+            tgpu.grad_mean_out = gm_g;
+        }
+        FM_CHECK_OK(fm_site_train(tc, &sites[k], &tcpu, start, oc, &lc));
+        FM_CHECK_OK(fm_site_train(tg, &sites[k], &tgpu, start, og, &lg));
+        if (kind == FM_STRATEGY_SCAFFOLD) {
+            const double dgm = fm_test_rel_l2(gm_g, gm_c, P);
+            double norm = 0.0;
+            for (size_t i = 0; i < P; i++)
+                norm += (double)gm_c[i] * gm_c[i];
+            norm = sqrt(norm);
+            printf("  site %d: mean gradient GPU vs CPU %.2e (bound %.0e), its norm %.3e\n", k, dgm, TOL, norm);
+            if (!(dgm <= TOL) || !(norm > 0.0))
+                fail_msg("site %d: SCAFFOLD's mean gradient: GPU vs CPU %.3e (bound %.0e), norm %.3e", k, dgm, TOL,
+                         norm);
+        }
         fm_local_task bare = task;
         bare.strategy = NULL;
         FM_CHECK_OK(fm_site_train(tc, &sites[k], &bare, start, plain, &lp));
@@ -99,6 +117,8 @@ static void corrected_case(fm_strategy_kind kind)
     free(plain);
     free(cg);
     free(ck);
+    free(gm_c);
+    free(gm_g);
     free(blocks);
     fm_site_trainer_destroy(tc);
     fm_site_trainer_destroy(tg);

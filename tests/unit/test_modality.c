@@ -150,9 +150,15 @@ static void test_validate(void **state)
     c.alpha = 0.0;
     assert_int_equal(fm_scenario_validate(&c), FM_ERR_CONFIG);
     assert_non_null(strstr(fm_last_error(), "alpha"));
-    c = fm_scenario_default_config(), c.cross_k = 11;
+    c = fm_scenario_default_config(), c.scenario = FM_SCENARIO_CROSS, c.cross_k = 11;
     assert_int_equal(fm_scenario_validate(&c), FM_ERR_CONFIG);
     assert_non_null(strstr(fm_last_error(), "cross_k"));
+    c = fm_scenario_default_config(), c.cross_k = -1;
+    assert_int_equal(fm_scenario_validate(&c), FM_ERR_CONFIG);
+    /* cross_k is bounded by num_sites only under the cross scenario: 2 aligned sites keep the default 3 */
+    c = fm_scenario_default_config(), c.num_sites = 2;
+    assert_int_equal(c.cross_k, 3);
+    assert_int_equal(fm_scenario_validate(&c), FM_OK);
     c = fm_scenario_default_config(), c.missing_rate = 1.5;
     assert_int_equal(fm_scenario_validate(&c), FM_ERR_CONFIG);
     c = fm_scenario_default_config(), c.hybrid_q = NAN;

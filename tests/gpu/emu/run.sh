@@ -9,13 +9,14 @@
 # The same for CreamFL's ensemble (tests/gpu/test_creamfl_ensemble.c): the host loop of src/fl/creamfl_ensemble_cuda.c
 # (tiles, offsets, bf16 padding, workspace, staging) against the CPU ensemble, the kernels' arithmetic from contracts.
 #
-# usage: tests/gpu/emu/run.sh [TEST_NAME ...]  (default: model_step model_site model_lora fused_kernels creamfl_ensemble)
+# usage: tests/gpu/emu/run.sh [TEST_NAME ...]  (default: model_step model_site model_lora fused_kernels creamfl_ensemble
+#        aggregate_site)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 work=${FEDMM_EMU_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fedmm-emu.XXXXXX")}
 mkdir -p "$work/obj"
 tests=("$@")
-[ ${#tests[@]} = 0 ] && tests=(model_step model_site model_lora fused_kernels creamfl_ensemble)
+[ ${#tests[@]} = 0 ] && tests=(model_step model_site model_lora fused_kernels creamfl_ensemble aggregate_site)
 read -ra pkg_cflags <<<"$(pkg-config --cflags openblas libfyaml libcjson libpng)"
 read -ra pkg_libs <<<"$(pkg-config --libs openblas libfyaml libcjson libsodium libzstd libpng cmocka)"
 cflags=(-O2 -g -std=c11 -D_POSIX_C_SOURCE=200809L -DFEDMM_WITH_CUDA=1 -fopenmp -I"$root/include" -I"$root/src"
