@@ -48,6 +48,10 @@ typedef struct fm_sim_options {
     fm_wire_codec wire;          /* net.encoding / net.compress: each broadcast and each update passes through the
                                     network's encoding (fm_wire_transmit), and bytes_up / bytes_down count its
                                     payload bytes; all-zero (float32, uncompressed) changes nothing */
+    /* fl.ema_decay β: > 0 keeps ema ← β·ema + (1 − β)·global after every round (starting at the initial global
+     * model), checkpoints it, and evaluates and returns the average instead of the last global model; the sites
+     * still train from the global model. 0 = off. */
+    double ema_decay;
 } fm_sim_options;
 
 /* Defaults: 10 rounds, 5 of 10 sites per round, 10 local steps, FedAvg, aligned scenario α = 1, eval each
@@ -62,7 +66,7 @@ typedef struct fm_sim_result {
 } fm_sim_result;
 
 /* Runs the federation. `model` provides the architecture, the frozen base and the initial trainable vector
- * (its trainable vector holds the final global model afterwards). */
+ * (its trainable vector holds the final global model afterwards, or its moving average under ema_decay). */
 fm_status fm_sim_run(fm_clip *model, const fm_synth_config *synth, const fm_tokenizer *tok, const fm_sim_options *o,
                      fm_sim_result *result);
 

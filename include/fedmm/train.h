@@ -49,11 +49,31 @@ int64_t fm_optimizer_step_count(const fm_optimizer *opt);
 /* Resets moments and the step count (a site starting a new round of local training, say). */
 fm_status fm_optimizer_reset(fm_optimizer *opt);
 
+/* An exponential moving average of a model's trainable vector (Polyak averaging, train.ema_decay): avg ← β·avg +
+ * (1 − β)·w after every optimizer step, on the model's device; it starts at the model's vector when created. The
+ * average is what a run evaluates and saves; the optimizer keeps stepping the model's own vector. */
+typedef struct fm_weight_average fm_weight_average;
+/* decay β in (0, 1) */
+fm_status fm_weight_average_create(fm_weight_average **out, fm_clip *model, double decay);
+void fm_weight_average_destroy(fm_weight_average *avg);
+size_t fm_weight_average_size(const fm_weight_average *avg);
+/* avg ← β·avg + (1 − β)·(the model's trainable vector); the same bits on CPU and GPU (fm_agg_weighted_sum) */
+fm_status fm_weight_average_update(fm_weight_average *avg);
+/* Restarts the average at the model's current vector. */
+fm_status fm_weight_average_restart(fm_weight_average *avg);
+/* Exchanges the model's trainable vector and the average: swap, evaluate or save, swap back. */
+fm_status fm_weight_average_swap(fm_weight_average *avg);
+/* The average to or from n host floats (set refuses non-finite values and leaves the average unchanged). */
+fm_status fm_weight_average_get(const fm_weight_average *avg, float *host);
+fm_status fm_weight_average_set(fm_weight_average *avg, const float *host);
+
 /* A training checkpoint in one safetensors file, written atomically: the trainable vector, the AdamW
- * moments and the step count, so a resumed run continues exactly where the saved one stood. Loading
- * checks the vector length and leaves model and optimizer unchanged on any error. */
-fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *opt, const char *path);
-fm_status fm_checkpoint_load(fm_clip *model, fm_optimizer *opt, const char *path);
+ * moments, the step count and, when avg is not NULL, the weight average, so a resumed run continues exactly
+ * where the saved one stood. Loading checks the vector length, refuses a file with a weight average when avg is
+ * NULL and one without when it is not (the run would not continue as it started), and leaves model, optimizer
+ * and average unchanged on any error. */
+fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *opt, const fm_weight_average *avg, const char *path);
+fm_status fm_checkpoint_load(fm_clip *model, fm_optimizer *opt, fm_weight_average *avg, const char *path);
 
 /* Endless shuffled passes over a set of sample indices (a new permutation each epoch, from the seed). */
 typedef struct fm_sampler {

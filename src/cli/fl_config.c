@@ -69,6 +69,9 @@ fm_status fm_cli_read_fl(fm_cli_run *run, const fm_cli_args *args, fm_sim_option
     FM_TRY(fm_config_int(c, "fl.eval_every", o->eval_every, 0, 1000000, &v));
     o->eval_every = (int)v;
     FM_TRY(fm_config_int(c, "fl.eval_size", o->eval_size, 2, INT64_C(1) << 40, &o->eval_size));
+    FM_TRY(fm_config_float(c, "fl.ema_decay", 0.0, 0.0, 1.0, &o->ema_decay));
+    if (o->ema_decay >= 1.0)
+        return fm_error(FM_ERR_CONFIG, "fl.ema_decay %g: expected 0 (off) or a decay in (0, 1)", o->ema_decay);
     if (o->eval_size > run->synth.split_size[FM_SPLIT_TEST])
         return fm_error(FM_ERR_CONFIG, "fl.eval_size %lld exceeds data.test_size %lld", (long long)o->eval_size,
                         (long long)run->synth.split_size[FM_SPLIT_TEST]);

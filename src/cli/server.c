@@ -294,6 +294,11 @@ int fm_cli_server(int argc, char **argv)
         s = fm_error(FM_ERR_CONFIG, "fl.min_sites %d exceeds fl.sites_per_round %d", no.min_sites, o.sites_per_round);
     if (s == FM_OK && o.local_only) /* no server, no aggregation: nothing to run over a network */
         s = fm_error(FM_ERR_CONFIG, "fl.strategy local (the local-only baseline) has no server: run it with fedmm sim");
+    if (s == FM_OK && o.ema_decay > 0.0) /* the server's state and its model are the last global vector */
+        s = fm_error(FM_ERR_CONFIG,
+                     "fl.ema_decay %g: the moving average of the global model is kept by fedmm sim only; "
+                     "fedmm server does not keep one (set it to 0 or leave it out)",
+                     o.ema_decay);
     if (s != FM_OK) {
         rc = fm_cli_fail("server", "config", s);
         fm_cli_teardown(&run);

@@ -27,6 +27,7 @@ static void usage(void)
 typedef struct train_settings {
     fm_train_options opt;
     int64_t eval_every, eval_size, checkpoint_every, log_every, stop_after;
+    double ema_decay; /* train.ema_decay: > 0 evaluates and saves a moving average of the weights */
     const char *out_dir;
     const char *metrics_path;
     fm_dp_options dp;                      /* train.dp_*: data parallelism over processes (include/fedmm/dp.h) */
@@ -54,6 +55,9 @@ static fm_status read_train(fm_cli_run *run, const fm_cli_args *args, train_sett
     /* Stop (with a checkpoint) after this many steps while the schedule still spans train.steps: for
      * time-sliced jobs, continued with --resume. 0: run to the end. */
     FM_TRY(fm_config_int(c, "train.stop_after", 0, 0, INT64_C(1) << 40, &t->stop_after));
+    FM_TRY(fm_config_float(c, "train.ema_decay", 0.0, 0.0, 1.0, &t->ema_decay));
+    if (t->ema_decay >= 1.0)
+        return fm_error(FM_ERR_CONFIG, "train.ema_decay %g: expected 0 (off) or a decay in (0, 1)", t->ema_decay);
     const char *out, *metrics;
     FM_TRY(fm_config_str(c, "out", "runs/train", &out));
     FM_TRY(fm_config_str(c, "metrics", NULL, &metrics));
@@ -111,8 +115,24 @@ static fm_status log_eval(fm_metrics_log *log, int64_t step, const fm_eval_resul
     return fm_metrics_write(log, keys, vals, sizeof vals / sizeof vals[0]);
 }
 
-static fm_status save_final(fm_clip *model, const char *dir)
+/* The evaluation and the saved model are the weight average's when the run keeps one. */
+static fm_status evaluate(fm_clip *model, fm_weight_average *avg, const fm_dataset *test, int64_t n, fm_eval_result *ev)
 {
+    if (avg)
+        FM_TRY(fm_weight_average_swap(avg));
+    fm_status s = fm_evaluate(model, test, n, ev);
+    if (avg) {
+        fm_status u = fm_weight_average_swap(avg);
+        if (s == FM_OK)
+            s = u;
+    }
+    return s;
+}
+
+static fm_status save_final(fm_clip *model, fm_weight_average *avg, const char *dir)
+{
+    if (avg)
+        FM_TRY(fm_weight_average_swap(avg));
     char path[4096];
     snprintf(path, sizeof path, "%s/adapters.safetensors", dir);
     FM_TRY(fm_clip_save_adapters(model, path));
@@ -123,6 +143,11 @@ static fm_status save_final(fm_clip *model, const char *dir)
     fm_status s = fm_clip_save(model, path);
     if (lora) {
         fm_status u = fm_clip_unmerge_lora(model);
+        if (s == FM_OK)
+            s = u;
+    }
+    if (avg) {
+        fm_status u = fm_weight_average_swap(avg);
         if (s == FM_OK)
             s = u;
     }
@@ -161,6 +186,7 @@ int fm_cli_train(int argc, char **argv)
 
     fm_clip *model = NULL;
     fm_optimizer *opt = NULL;
+    fm_weight_average *avg = NULL;
     fm_dataset *train = NULL, *test = NULL;
     fm_sampler sampler = {0};
     fm_batch batch = {0};
@@ -187,6 +213,8 @@ int fm_cli_train(int argc, char **argv)
         s = fm_clip_create(&model, &run.model, run.device, run.seed);
     if (s == FM_OK)
         s = fm_optimizer_create(&opt, model);
+    if (s == FM_OK && ts.ema_decay > 0.0)
+        s = fm_weight_average_create(&avg, model, ts.ema_decay);
     if (s == FM_OK)
         s = fm_cli_open_dataset(&run, FM_SPLIT_TRAIN, &train);
     if (s == FM_OK)
@@ -199,7 +227,7 @@ int fm_cli_train(int argc, char **argv)
     struct stat st;
     if (s == FM_OK && args.resume && stat(ckpt, &st) == 0) {
         what = "resume";
-        s = fm_checkpoint_load(model, opt, ckpt);
+        s = fm_checkpoint_load(model, opt, avg, ckpt);
         /* LoRA dropout draws one set of masks per training forward: continue the sequence */
         if (s == FM_OK)
             s = fm_clip_set_dropout_step(model, (uint64_t)fm_optimizer_step_count(opt));
@@ -214,6 +242,8 @@ int fm_cli_train(int argc, char **argv)
     /* every rank starts from rank 0's parameters (the same seed gives the same ones; this makes sure) */
     if (s == FM_OK && dp)
         s = fm_dp_broadcast(dp, fm_clip_trainable(model), fm_clip_num_trainable(model));
+    if (s == FM_OK && dp && avg && fm_optimizer_step_count(opt) == 0) /* the average starts at rank 0's too */
+        s = fm_weight_average_restart(avg);
     if (s == FM_OK) {
         what = "metrics";
         if (!ts.metrics_path) {
@@ -262,6 +292,8 @@ int fm_cli_train(int argc, char **argv)
         if (s != FM_OK)
             break;
         step++;
+        if (avg && (s = fm_weight_average_update(avg)) != FM_OK)
+            break;
         loss_sum += loss;
         loss_n++;
         if (step % ts.log_every == 0 || step == o->steps) {
@@ -273,7 +305,7 @@ int fm_cli_train(int argc, char **argv)
         }
         if (s == FM_OK && ((ts.eval_every && step % ts.eval_every == 0) || step == o->steps)) {
             what = "evaluate";
-            s = fm_evaluate(model, test, ts.eval_size, &ev);
+            s = evaluate(model, avg, test, ts.eval_size, &ev);
             if (s == FM_OK)
                 s = log_eval(&log, step, &ev, fm_now_seconds() - t0);
             have_eval = 1;
@@ -281,7 +313,7 @@ int fm_cli_train(int argc, char **argv)
         if (s == FM_OK &&
             ((ts.checkpoint_every && step % ts.checkpoint_every == 0) || step == o->steps || step == ts.stop_after)) {
             what = "checkpoint";
-            s = fm_checkpoint_save(model, opt, ckpt);
+            s = fm_checkpoint_save(model, opt, avg, ckpt);
         }
         if (s != FM_OK)
             break;
@@ -300,14 +332,14 @@ int fm_cli_train(int argc, char **argv)
     }
     if (s == FM_OK) {
         what = "save";
-        s = save_final(model, ts.out_dir);
+        s = save_final(model, avg, ts.out_dir);
     }
     if (s != FM_OK) {
         rc = fm_cli_fail("train", what, s);
         goto done;
     }
     if (!have_eval) { /* resumed a finished run: report its metrics again */
-        s = fm_evaluate(model, test, ts.eval_size, &ev);
+        s = evaluate(model, avg, test, ts.eval_size, &ev);
         if (s != FM_OK) {
             rc = fm_cli_fail("train", "evaluate", s);
             goto done;
@@ -327,6 +359,7 @@ done:
     fm_dataset_destroy(train);
     fm_dataset_destroy(test);
     fm_optimizer_destroy(opt);
+    fm_weight_average_destroy(avg);
     fm_clip_destroy(model);
     fm_dp_destroy(dp);
     free(skip);

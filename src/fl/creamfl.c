@@ -1009,10 +1009,10 @@ static fm_status save_checkpoint(cream *c)
     if (mkdir(dir, 0775) != 0 && errno != EEXIST)
         return fm_error(FM_ERR_IO, "checkpoint: mkdir %s: %s", dir, strerror(errno));
     snprintf(path, sizeof path, "%s/server.safetensors", dir);
-    FM_TRY(fm_checkpoint_save(c->server, c->server_opt, path));
+    FM_TRY(fm_checkpoint_save(c->server, c->server_opt, NULL, path));
     if (c->distill_opt) {
         snprintf(path, sizeof path, "%s/server-distill.safetensors", dir);
-        FM_TRY(fm_checkpoint_save(c->server, c->distill_opt, path));
+        FM_TRY(fm_checkpoint_save(c->server, c->distill_opt, NULL, path));
     }
     for (int i = 0; i < c->N; i++) {
         if (!c->sites[i].model)
@@ -1022,7 +1022,7 @@ static fm_status save_checkpoint(cream *c)
         unlink(path); /* a leftover of a crash while this round was being written */
         if (!c->trained_now[i] && r > 1 && link(from, path) == 0)
             continue;
-        FM_TRY(fm_checkpoint_save(c->sites[i].model, c->sites[i].opt, path));
+        FM_TRY(fm_checkpoint_save(c->sites[i].model, c->sites[i].opt, NULL, path));
     }
     snprintf(path, sizeof path, "%s/run.safetensors", dir);
     FM_TRY(save_run_state(c, path));
@@ -1098,15 +1098,15 @@ static fm_status load_dir(cream *c, const char *dir)
     FM_TRY(load_run_state(c, path));
     if (c->distill_opt) { /* first: it holds the same trainable vector as server.safetensors */
         snprintf(path, sizeof path, "%s/server-distill.safetensors", dir);
-        FM_TRY(fm_checkpoint_load(c->server, c->distill_opt, path));
+        FM_TRY(fm_checkpoint_load(c->server, c->distill_opt, NULL, path));
     }
     snprintf(path, sizeof path, "%s/server.safetensors", dir);
-    FM_TRY(fm_checkpoint_load(c->server, c->server_opt, path));
+    FM_TRY(fm_checkpoint_load(c->server, c->server_opt, NULL, path));
     for (int i = 0; i < c->N; i++) {
         if (!c->sites[i].model)
             continue;
         snprintf(path, sizeof path, "%s/site-%d.safetensors", dir, i);
-        FM_TRY(fm_checkpoint_load(c->sites[i].model, c->sites[i].opt, path));
+        FM_TRY(fm_checkpoint_load(c->sites[i].model, c->sites[i].opt, NULL, path));
     }
     return FM_OK;
 }

@@ -55,6 +55,7 @@ typedef struct sim {
     float *site_state;  /* SCAFFOLD: N control variates ck; local-only: N site vectors */
     float *ci_new, *dc; /* SCAFFOLD scratch */
     float *c_pulled;    /* SCAFFOLD: the server's c as the sites receive it (through net.encoding) */
+    float *ema;         /* fl.ema_decay: the moving average of the global vector over the rounds (else NULL) */
     uint8_t *trained;   /* (nb) */
     double bytes_up, bytes_down, wall_before;
     int round_done; /* completed rounds */
@@ -107,6 +108,10 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
         return fm_error(FM_ERR_CONFIG, "sim: %d over-selected sites with %d of %d sites per round",
                         o->over_select_sites, o->sites_per_round, s->N);
     FM_TRY(fm_scenario_validate(&o->scenario));
+    if (!(o->ema_decay >= 0.0 && o->ema_decay < 1.0))
+        return fm_error(FM_ERR_CONFIG, "sim: ema_decay %g is outside [0, 1)", o->ema_decay);
+    if (o->ema_decay > 0.0 && o->local_only)
+        return fm_error(FM_ERR_CONFIG, "sim: fl.ema_decay averages the global model, and a local-only run has none");
     FM_TRY(build_blocks(s));
     FM_TRY(fm_federation_split(&o->scenario, synth, &s->sites));
     FM_TRY(fm_site_trainer_create(&s->trainer, model, synth, tok, o->label_attr, o->local.batch_size));
@@ -117,9 +122,13 @@ static fm_status sim_init(sim *s, fm_clip *model, const fm_synth_config *synth, 
     s->delta = xcalloc(s->P, sizeof(float), &st);
     if (o->wire.encoding != FM_WIRE_F32 && !o->local_only)
         s->pulled = xcalloc(s->P, sizeof(float), &st);
+    if (o->ema_decay > 0.0)
+        s->ema = xcalloc(s->P, sizeof(float), &st);
     FM_TRY(st);
     FM_TRY(fm_wire_codec_check(&o->wire));
     FM_TRY(from_model(s, s->global));
+    if (s->ema) /* the average starts at the initial global model */
+        memcpy(s->ema, s->global, s->P * sizeof(float));
     if (o->strategy.kind == FM_STRATEGY_SCAFFOLD || o->local_only) {
         s->site_state = xcalloc((size_t)s->N * s->P, sizeof(float), &st);
         FM_TRY(st);
@@ -150,6 +159,7 @@ static void sim_free(sim *s)
     free(s->blocks);
     free(s->trained);
     free(s->global);
+    free(s->ema);
     free(s->local);
     free(s->delta);
     free(s->pulled);
@@ -225,6 +235,8 @@ static fm_status save_checkpoint(sim *s)
     int64_t shape[2] = {s->N, (int64_t)s->P};
     if (st == FM_OK && s->site_state)
         st = fm_st_writer_add_f32(w, "site_state", FM_ST_F32, 2, shape, s->site_state);
+    if (st == FM_OK && s->ema)
+        st = fm_st_writer_add_f32(w, "global_ema", FM_ST_F32, 1, shape + 1, s->ema);
     snprintf(path, sizeof path, "%s/sim.safetensors", dir);
     if (st == FM_OK)
         st = fm_st_write(w, path);
@@ -263,6 +275,20 @@ static fm_status load_checkpoint(sim *s, int *found)
         int64_t shape[2] = {s->N, (int64_t)s->P};
         st = fm_st_read_f32(f, "site_state", s->site_state, (size_t)s->N * s->P, 2, shape);
     }
+    const int has_ema = fm_st_find(f, "global_ema") != NULL;
+    if (st == FM_OK && has_ema != (s->ema != NULL))
+        st = fm_error(FM_ERR_CONFIG,
+                      "%s %s of the global model (fl.ema_decay) but this run %s one: resume with the setting the "
+                      "run started with",
+                      path, has_ema ? "holds a moving average" : "has no moving average",
+                      s->ema ? "keeps" : "does not keep");
+    if (st == FM_OK && s->ema) {
+        int64_t shape[1] = {(int64_t)s->P};
+        st = fm_st_read_f32(f, "global_ema", s->ema, s->P, 1, shape);
+        for (size_t i = 0; st == FM_OK && i < s->P; i++)
+            if (!isfinite(s->ema[i]))
+                st = fm_error(FM_ERR_NOT_FINITE, "%s: non-finite value in global_ema", path);
+    }
     if (st == FM_OK) {
         s->round_done = atoi(rd);
         s->bytes_up = strtod(bu, NULL);
@@ -284,7 +310,7 @@ static fm_status load_checkpoint(sim *s, int *found)
 static fm_status evaluate(sim *s, fm_eval_result *ev)
 {
     if (!s->o->local_only) {
-        FM_TRY(to_model(s, s->global));
+        FM_TRY(to_model(s, s->ema ? s->ema : s->global));
         return fm_evaluate(s->model, s->test, s->o->eval_size, ev);
     }
     /* local-only: the mean over the sites' own models */
@@ -450,6 +476,11 @@ static fm_status run_round(sim *s, int round, double *train_loss)
     }
     if (!local_only)
         FM_TRY(fm_strategy_finish_round(s->strategy, s->global));
+    if (s->ema) { /* ema ← β·ema + (1 − β)·global: the FedAvg family's weighted sum */
+        const float *x[2] = {s->ema, s->global};
+        const float w[2] = {(float)s->o->ema_decay, 1.0f - (float)s->o->ema_decay};
+        FM_TRY(fm_agg_weighted_sum(s->ema, x, w, 2, s->P));
+    }
     *train_loss = loss_sum / m;
     return FM_OK;
 }
@@ -526,9 +557,9 @@ fm_status fm_sim_run(fm_clip *model, const fm_synth_config *synth, const fm_toke
     if (o->progress)
         fm_progress_end(&bar);
     if (st == FM_OK && !have_eval)
-        st = evaluate(&s, &ev); /* a resumed run that had nothing left to do */
-    if (st == FM_OK && !o->local_only)
-        st = to_model(&s, s.global);
+        st = evaluate(&s, &ev);        /* a resumed run that had nothing left to do */
+    if (st == FM_OK && !o->local_only) /* the run's model: the average when it keeps one */
+        st = to_model(&s, s.ema ? s.ema : s.global);
     result->rounds_done = s.round_done;
     result->last_eval = ev;
     result->bytes_up = s.bytes_up;

@@ -91,10 +91,16 @@ fm_status fm_optimizer_reset(fm_optimizer *o)
     return fm_device_memset(o->device, o->m, 0, 2 * o->n * sizeof(float));
 }
 
-fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const char *path)
+static const char *const checkpoint_names[4] = {"trainable", "adamw.m", "adamw.v", "ema"};
+
+fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const fm_weight_average *avg, const char *path)
 {
     const size_t bytes = o->n * sizeof(float);
-    float *host = malloc(3 * bytes + 1);
+    const int count = avg ? 4 : 3;
+    if (avg && fm_weight_average_size(avg) != o->n)
+        return fm_error(FM_ERR_INVALID_ARG, "checkpoint save: weight average of %zu values, optimizer of %zu",
+                        fm_weight_average_size(avg), o->n);
+    float *host = malloc((size_t)count * bytes + 1);
     fm_st_writer *w = NULL;
     fm_status s = host ? FM_OK : fm_error(FM_ERR_NO_MEMORY, "checkpoint save: out of memory");
     if (s == FM_OK)
@@ -103,12 +109,13 @@ fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const char *
         s = fm_device_copy(host + o->n, FM_DEVICE_CPU, o->m, o->device, bytes);
     if (s == FM_OK)
         s = fm_device_copy(host + 2 * o->n, FM_DEVICE_CPU, o->v, o->device, bytes);
+    if (s == FM_OK && avg)
+        s = fm_weight_average_get(avg, host + 3 * o->n);
     if (s == FM_OK)
         s = fm_st_writer_create(&w);
     int64_t shape[1] = {(int64_t)o->n};
-    static const char *names[3] = {"trainable", "adamw.m", "adamw.v"};
-    for (int i = 0; s == FM_OK && i < 3; i++)
-        s = fm_st_writer_add_f32(w, names[i], FM_ST_F32, 1, shape, host + (size_t)i * o->n);
+    for (int i = 0; s == FM_OK && i < count; i++)
+        s = fm_st_writer_add_f32(w, checkpoint_names[i], FM_ST_F32, 1, shape, host + (size_t)i * o->n);
     char step[32];
     snprintf(step, sizeof step, "%lld", (long long)o->step);
     if (s == FM_OK)
@@ -120,26 +127,38 @@ fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const char *
     return s;
 }
 
-fm_status fm_checkpoint_load(fm_clip *model, fm_optimizer *o, const char *path)
+fm_status fm_checkpoint_load(fm_clip *model, fm_optimizer *o, fm_weight_average *avg, const char *path)
 {
     fm_st_file *f = NULL;
     FM_TRY(fm_st_open(&f, path));
     const size_t bytes = o->n * sizeof(float);
-    float *host = malloc(3 * bytes + 1);
+    const int count = avg ? 4 : 3;
+    float *host = malloc((size_t)count * bytes + 1);
     int64_t shape[1] = {(int64_t)o->n};
-    static const char *names[3] = {"trainable", "adamw.m", "adamw.v"};
     fm_status s = host ? FM_OK : fm_error(FM_ERR_NO_MEMORY, "checkpoint load: out of memory");
-    for (int i = 0; s == FM_OK && i < 3; i++)
-        s = fm_st_read_f32(f, names[i], host + (size_t)i * o->n, o->n, 1, shape);
-    for (size_t i = 0; s == FM_OK && i < 3 * o->n; i++)
+    const int has_avg = fm_st_find(f, "ema") != NULL;
+    if (s == FM_OK && has_avg != (avg != NULL))
+        s = fm_error(FM_ERR_CONFIG,
+                     "checkpoint %s %s (train.ema_decay) but this run %s one: resume with the setting the run "
+                     "started with",
+                     path, has_avg ? "holds a weight average" : "has no weight average",
+                     avg ? "keeps" : "does not keep");
+    if (s == FM_OK && avg && fm_weight_average_size(avg) != o->n)
+        s = fm_error(FM_ERR_INVALID_ARG, "checkpoint load: weight average of %zu values, optimizer of %zu",
+                     fm_weight_average_size(avg), o->n);
+    for (int i = 0; s == FM_OK && i < count; i++)
+        s = fm_st_read_f32(f, checkpoint_names[i], host + (size_t)i * o->n, o->n, 1, shape);
+    for (size_t i = 0; s == FM_OK && i < (size_t)count * o->n; i++)
         if (!isfinite(host[i]))
-            s = fm_error(FM_ERR_NOT_FINITE, "checkpoint %s: non-finite value in %s", path, names[i / o->n]);
+            s = fm_error(FM_ERR_NOT_FINITE, "checkpoint %s: non-finite value in %s", path, checkpoint_names[i / o->n]);
     const char *step = fm_st_metadata(f, "step");
     char *end = NULL;
     long long t = step ? strtoll(step, &end, 10) : -1;
     if (s == FM_OK && (!step || *end != '\0' || t < 0))
         s = fm_error(FM_ERR_PARSE, "checkpoint %s: missing or bad 'step' metadata", path);
-    /* Everything validated: only now touch the model and the optimizer. */
+    /* Everything validated: only now touch the model, the optimizer and the average. */
+    if (s == FM_OK && avg)
+        s = fm_weight_average_set(avg, host + 3 * o->n);
     if (s == FM_OK)
         s = fm_device_copy(fm_clip_trainable(model), o->device, host, FM_DEVICE_CPU, bytes);
     if (s == FM_OK)

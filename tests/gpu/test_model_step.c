@@ -4,7 +4,8 @@
  * and the weights after one AdamW step (weight decay on, clipping on) — then the embeddings of the encode path and
  * the eval loss. The same with full fine-tuning (every parameter trains: the embeddings' and patches' backward),
  * with LoRA dropout (the masks are the same on both devices by construction), after merging the adapters, and in
- * bf16 mixed precision against the fp32 CPU reference.
+ * bf16 mixed precision against the fp32 CPU reference. And the weight average (train.ema_decay): the same bits on
+ * both devices, and through a checkpoint.
  *
  * The norm: relative L2 over the whole vector, ‖gpu − cpu‖₂ / ‖cpu‖₂ (for the loss, |gpu − cpu| / |cpu|); each
  * slice of the gradient is also held to a bound relative to its own norm (floored at 1e-3 of the whole gradient's).
@@ -24,6 +25,7 @@
 #include "gpu_test.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #include "fedmm/clip.h"
 #include "fedmm/device.h"
@@ -293,6 +295,69 @@ static void test_full_bf16(void **state)
     compare_step(MODE_FULL, FM_PRECISION_BF16);
 }
 
+/* The weight average (train.ema_decay) of a model on the GPU against the same on the CPU: created from the same
+ * vector, two updates after the vectors moved, the same bits (the update is the FedAvg family's weighted sum, whose
+ * kernel matches its CPU twin bit for bit); swapped into the model and back; a checkpoint written from the GPU
+ * model and loaded into the CPU one restores the average exactly. */
+static void test_weight_average(void **state)
+{
+    (void)state;
+    printf("weight average (train.ema_decay 0.9), GPU against CPU\n");
+    fm_clip_config c;
+    tiny_config(&c, MODE_LORA, FM_PRECISION_FP32);
+    fm_clip *cpu = make_model(&c, FM_DEVICE_CPU), *gpu = make_model(&c, FM_DEVICE_CUDA);
+    const size_t n = fm_clip_num_trainable(cpu);
+    float *v = fm_test_alloc(n * sizeof(float)), *a_cpu = fm_test_alloc(n * sizeof(float)),
+          *a_gpu = fm_test_alloc(n * sizeof(float));
+    fm_rng rng = fm_rng_make(fm_test_seed(), 77);
+    fm_test_fill(&rng, v, n, -1.0f, 1.0f);
+    FM_CHECK_OK(fm_clip_set_trainable(cpu, v, n));
+    FM_CHECK_OK(fm_clip_set_trainable(gpu, v, n));
+    fm_weight_average *ac = NULL, *ag = NULL;
+    FM_CHECK_OK(fm_weight_average_create(&ac, cpu, 0.9));
+    FM_CHECK_OK(fm_weight_average_create(&ag, gpu, 0.9));
+    for (int round = 0; round < 2; round++) {
+        fm_test_fill(&rng, v, n, -1.0f, 1.0f);
+        FM_CHECK_OK(fm_clip_set_trainable(cpu, v, n));
+        FM_CHECK_OK(fm_clip_set_trainable(gpu, v, n));
+        FM_CHECK_OK(fm_weight_average_update(ac));
+        FM_CHECK_OK(fm_weight_average_update(ag));
+    }
+    FM_CHECK_OK(fm_weight_average_get(ac, a_cpu));
+    FM_CHECK_OK(fm_weight_average_get(ag, a_gpu));
+    assert_memory_equal(a_cpu, a_gpu, n * sizeof(float));
+    FM_CHECK_OK(fm_weight_average_swap(ag));
+    float *in_model = get_vec(gpu, 0);
+    assert_memory_equal(in_model, a_cpu, n * sizeof(float));
+    FM_CHECK_OK(fm_weight_average_swap(ag));
+    float *back = get_vec(gpu, 0);
+    assert_memory_equal(back, v, n * sizeof(float));
+    fm_optimizer *og = NULL, *oc = NULL;
+    FM_CHECK_OK(fm_optimizer_create(&og, gpu));
+    FM_CHECK_OK(fm_optimizer_create(&oc, cpu));
+    char path[] = "/tmp/fedmm-gpu-ema-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    FM_CHECK_OK(fm_checkpoint_save(gpu, og, ag, path));
+    FM_CHECK_OK(fm_weight_average_restart(ac));
+    FM_CHECK_OK(fm_checkpoint_load(cpu, oc, ac, path));
+    unlink(path);
+    FM_CHECK_OK(fm_weight_average_get(ac, a_cpu));
+    assert_memory_equal(a_cpu, a_gpu, n * sizeof(float));
+    fm_optimizer_destroy(og);
+    fm_optimizer_destroy(oc);
+    fm_weight_average_destroy(ac);
+    fm_weight_average_destroy(ag);
+    free(v);
+    free(a_cpu);
+    free(a_gpu);
+    free(in_model);
+    free(back);
+    fm_clip_destroy(cpu);
+    fm_clip_destroy(gpu);
+}
+
 /* Host-side: bf16 is refused where it cannot run, with a message that says what to do. */
 static void test_config_checks(void **state)
 {
@@ -315,7 +380,7 @@ int main(void)
         return failed ? 1 : fm_gpu_test_no_device("gpu.model_step", why);
     const struct CMUnitTest device_tests[] = {
         cmocka_unit_test(test_lora_fp32), cmocka_unit_test(test_full_fp32), cmocka_unit_test(test_dropout_fp32),
-        cmocka_unit_test(test_lora_bf16), cmocka_unit_test(test_full_bf16),
+        cmocka_unit_test(test_lora_bf16), cmocka_unit_test(test_full_bf16), cmocka_unit_test(test_weight_average),
     };
     failed +=
         cmocka_run_group_tests_name("one training step of the tiny model, GPU against CPU", device_tests, NULL, NULL);

@@ -5,7 +5,8 @@
  * double, then rounding; with the bias gradient: the column sums of the operand as read), the bf16 casts (round to
  * nearest even) and the row gathers are written out here from their documented contracts; the fused kernels are
  * the CPU twins of the ops they fuse, then the rounding to bf16 where they write bf16; CreamFL's ensemble kernels
- * (kernels/creamfl_ensemble.h) likewise, so that its host loop runs too. What this cannot check: the CUDA kernels and
+ * (kernels/creamfl_ensemble.h) likewise, so that its host loop runs too, and the weighted sum of kernels/aggregate.cu
+ * (the weight average's update). What this cannot check: the CUDA kernels and
  * cuBLASLt calls themselves, which only the gpu tests on a GPU do. Not part of the build. */
 #include <math.h>
 #include <stdint.h>
@@ -16,6 +17,7 @@
 #include "cpu/cpu_ops.h"
 #include "cuda/runtime.h"
 #include "kernels/cuda_ops.h"
+#include "kernels/aggregate.h"
 #include "kernels/creamfl_ensemble.h"
 #include "kernels/model_ops.h"
 
@@ -568,5 +570,21 @@ fm_status fm_cuda_creamfl_rows_bf16(uint16_t *dst, const float *src, size_t rows
     for (size_t r = 0; r < rows; r++)
         for (size_t e = 0; e < ld; e++)
             dst[r * ld + e] = e < d ? to_bf16(src[r * d + e]) : 0;
+    return FM_OK;
+}
+/* kernels/aggregate.cu's weighted sum (the weight average's update): fp32, k in order, each product rounded */
+fm_status fm_cuda_agg_weighted_sum(float *out, const float *const *x, const float *w, size_t k, size_t n,
+                                   int accumulate)
+{
+    if (!out || !x || !w || k == 0)
+        return fm_error(FM_ERR_INVALID_ARG, "cuda weighted_sum: NULL argument or no updates (k = %zu)", k);
+    for (size_t j = 0; j < n; j++) {
+        float acc = accumulate ? out[j] : 0.0f;
+        for (size_t q = 0; q < k; q++) {
+            volatile float prod = w[q] * x[q][j];
+            acc += prod;
+        }
+        out[j] = acc;
+    }
     return FM_OK;
 }
