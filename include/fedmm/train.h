@@ -63,6 +63,8 @@ fm_status fm_weight_average_update(fm_weight_average *avg);
 fm_status fm_weight_average_restart(fm_weight_average *avg);
 /* Exchanges the model's trainable vector and the average: swap, evaluate or save, swap back. */
 fm_status fm_weight_average_swap(fm_weight_average *avg);
+/* 1 while the average is swapped into the model (the model then holds the average, the average the weights). */
+int fm_weight_average_swapped(const fm_weight_average *avg);
 /* The average to or from n host floats (set refuses non-finite values and leaves the average unchanged). */
 fm_status fm_weight_average_get(const fm_weight_average *avg, float *host);
 fm_status fm_weight_average_set(fm_weight_average *avg, const float *host);

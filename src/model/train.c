@@ -100,6 +100,9 @@ fm_status fm_checkpoint_save(fm_clip *model, const fm_optimizer *o, const fm_wei
     if (avg && fm_weight_average_size(avg) != o->n)
         return fm_error(FM_ERR_INVALID_ARG, "checkpoint save: weight average of %zu values, optimizer of %zu",
                         fm_weight_average_size(avg), o->n);
+    if (avg && fm_weight_average_swapped(avg)) /* the model would hold the average, not the trained weights */
+        return fm_error(FM_ERR_STATE, "checkpoint save: the weight average is swapped into the model; swap it back "
+                                      "first");
     float *host = malloc((size_t)count * bytes + 1);
     fm_st_writer *w = NULL;
     fm_status s = host ? FM_OK : fm_error(FM_ERR_NO_MEMORY, "checkpoint save: out of memory");
@@ -146,6 +149,9 @@ fm_status fm_checkpoint_load(fm_clip *model, fm_optimizer *o, fm_weight_average 
     if (s == FM_OK && avg && fm_weight_average_size(avg) != o->n)
         s = fm_error(FM_ERR_INVALID_ARG, "checkpoint load: weight average of %zu values, optimizer of %zu",
                      fm_weight_average_size(avg), o->n);
+    if (s == FM_OK && avg && fm_weight_average_swapped(avg))
+        s = fm_error(FM_ERR_STATE, "checkpoint load: the weight average is swapped into the model; swap it back "
+                                   "first");
     for (int i = 0; s == FM_OK && i < count; i++)
         s = fm_st_read_f32(f, checkpoint_names[i], host + (size_t)i * o->n, o->n, 1, shape);
     for (size_t i = 0; s == FM_OK && i < (size_t)count * o->n; i++)

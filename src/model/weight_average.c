@@ -91,6 +91,8 @@ fm_status fm_weight_average_swap(fm_weight_average *a)
     return FM_OK;
 }
 
+int fm_weight_average_swapped(const fm_weight_average *a) { return a->swapped; }
+
 fm_status fm_weight_average_get(const fm_weight_average *a, float *host)
 {
     if (a->swapped)

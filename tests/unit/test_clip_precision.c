@@ -165,7 +165,9 @@ static void test_weight_average(void **state)
     assert_memory_equal(got, avg1, n * sizeof *got);
     EXPECT_FAIL(fm_weight_average_update(a), FM_ERR_STATE, "swapped");
     EXPECT_FAIL(fm_weight_average_restart(a), FM_ERR_STATE, "swapped");
+    assert_true(fm_weight_average_swapped(a));
     assert_int_equal(fm_weight_average_swap(a), FM_OK);
+    assert_false(fm_weight_average_swapped(a));
     assert_memory_equal(fm_clip_trainable(m), w1, n * sizeof *w1);
 
     /* checkpoint round trip, and the refusals */
@@ -178,7 +180,13 @@ static void test_weight_average(void **state)
     fd = mkstemp(plain);
     assert_true(fd >= 0);
     close(fd);
+    assert_int_equal(fm_weight_average_swap(a), FM_OK); /* a checkpoint of swapped state would be wrong: refused */
+    EXPECT_FAIL(fm_checkpoint_save(m, o, a, path), FM_ERR_STATE, "swapped into the model");
+    assert_int_equal(fm_weight_average_swap(a), FM_OK);
     assert_int_equal(fm_checkpoint_save(m, o, a, path), FM_OK);
+    assert_int_equal(fm_weight_average_swap(a), FM_OK);
+    EXPECT_FAIL(fm_checkpoint_load(m, o, a, path), FM_ERR_STATE, "swapped into the model");
+    assert_int_equal(fm_weight_average_swap(a), FM_OK);
     assert_int_equal(fm_checkpoint_save(m, o, NULL, plain), FM_OK);
     assert_int_equal(fm_clip_set_trainable(m, w0, n), FM_OK);
     assert_int_equal(fm_weight_average_restart(a), FM_OK); /* the average is now w0 */
